@@ -1,0 +1,344 @@
+"""Keys, the server's state directory, and client profiles.
+
+Server state directory (created by ``server.py init``, mode 0700)::
+
+    DIR/server.json         settings: subnet, listen address, endpoint, MTU
+    DIR/server.key          the server's X25519 private key, base64, mode 0600
+    DIR/clients/NAME.json   one registered client: public key, preshared key, address (0600)
+
+The server never stores a client's private key: ``add-client`` prints it once, inside the
+profile, and forgets it. A profile is an INI file in the spirit of a WireGuard config::
+
+    [Client]
+    Name = alice
+    PrivateKey = <base64>
+    [Server]
+    PublicKey = <base64>
+    PresharedKey = <base64>
+    Endpoint = vpn.example.com:55555
+
+Everything read from disk is validated here and turned into a :class:`~errors.UserError` with
+one clear line, so the programs never show a traceback for a bad file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import configparser
+import ipaddress
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from errors import UserError
+from handshake import generate_private_key, public_key
+
+DEFAULT_PORT = 55555
+DEFAULT_SUBNET = "10.0.0.0/24"
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
+DEFAULT_MTU = 1400
+KEY_LEN = 32
+log = logging.getLogger(__name__)
+
+CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+
+
+def encode_key(key: bytes) -> str:
+    return base64.b64encode(key).decode()
+
+
+def decode_key(text: str, what: str) -> bytes:
+    """Decode a base64 key, naming ``what`` in the error."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise UserError(f"{what} is not valid base64") from None
+    if len(key) != KEY_LEN:
+        raise UserError(f"{what} must be {KEY_LEN} bytes, got {len(key)}")
+    return key
+
+
+def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (or ``[v6]:PORT``, or a bare host) into host and port."""
+    text = text.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else rest
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not host:
+        raise UserError(f"bad address {text!r}: expected HOST:PORT")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UserError(f"bad port in {text!r}: expected 1-65535")
+    return host, int(port_text)
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write a secret so that only root can ever read it: created 0600, never widened."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UserError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} must hold a JSON object")
+    return value
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """A registered client, as the server knows it."""
+
+    name: str
+    public_key: bytes
+    psk: bytes
+    address: ipaddress.IPv4Address
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    subnet: ipaddress.IPv4Network
+    listen: str
+    endpoint: str
+    mtu: int
+
+    @property
+    def server_interface(self) -> ipaddress.IPv4Interface:
+        """The server's own tunnel address: the subnet's first host, e.g. 10.0.0.1/24."""
+        return ipaddress.IPv4Interface(f"{next(self.subnet.hosts())}/{self.subnet.prefixlen}")
+
+
+class ServerState:
+    """The server's state directory."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.dir = Path(directory)
+        self.settings_path = self.dir / "server.json"
+        self.key_path = self.dir / "server.key"
+        self.clients_dir = self.dir / "clients"
+
+    # -- init ---------------------------------------------------------------
+    def init(self, subnet: str | None, listen: str | None, endpoint: str | None) -> bool:
+        """Create keys and settings if missing. Returns True if anything was created.
+
+        Idempotent: an existing key is never replaced (that would orphan every client), and
+        options given again for an existing directory update its settings.
+        """
+        created = False
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
+        self.clients_dir.mkdir(exist_ok=True, mode=0o700)
+        if not self.key_path.exists():
+            write_private_file(self.key_path, encode_key(generate_private_key()) + "\n")
+            created = True
+        old = _read_json(self.settings_path) if self.settings_path.exists() else {}
+        net = _parse_subnet(subnet or old.get("subnet", DEFAULT_SUBNET))
+        if subnet and old.get("subnet") not in (None, str(net)) and self.clients():
+            raise UserError("cannot change the subnet while clients are registered")
+        listen = listen or old.get("listen", DEFAULT_LISTEN)
+        parse_endpoint(listen)
+        endpoint = endpoint or old.get("endpoint") or _default_endpoint(listen)
+        parse_endpoint(endpoint)
+        settings = {"subnet": str(net), "listen": listen, "endpoint": endpoint, "mtu": old.get("mtu", DEFAULT_MTU)}
+        if settings != old:
+            self.settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+            created = True
+        return created
+
+    # -- reading ------------------------------------------------------------
+    def _require_init(self) -> None:
+        if not self.settings_path.exists() or not self.key_path.exists():
+            raise UserError(
+                f"{self.dir} is not an initialised state directory (run: server.py init --state-dir {self.dir})"
+            )
+
+    def private_key(self) -> bytes:
+        self._require_init()
+        try:
+            text = self.key_path.read_text()
+        except OSError as exc:
+            raise UserError(f"cannot read {self.key_path}: {exc.strerror}") from None
+        return decode_key(text, str(self.key_path))
+
+    def public_key(self) -> bytes:
+        return public_key(self.private_key())
+
+    def settings(self) -> ServerSettings:
+        self._require_init()
+        raw = _read_json(self.settings_path)
+        try:
+            subnet = _parse_subnet(str(raw["subnet"]))
+            listen, endpoint, mtu = str(raw["listen"]), str(raw["endpoint"]), raw["mtu"]
+        except KeyError as exc:
+            raise UserError(f"{self.settings_path}: missing {exc}") from None
+        if not isinstance(mtu, int) or not 576 <= mtu <= 65535:
+            raise UserError(f"{self.settings_path}: mtu must be an integer in 576..65535")
+        return ServerSettings(subnet, listen, endpoint, mtu)
+
+    def clients(self) -> list[ClientRecord]:
+        if not self.clients_dir.is_dir():
+            return []
+        return [self._load_client(p) for p in sorted(self.clients_dir.glob("*.json"))]
+
+    def _load_client(self, path: Path) -> ClientRecord:
+        raw = _read_json(path)
+        try:
+            return ClientRecord(
+                name=path.stem,
+                public_key=decode_key(str(raw["public_key"]), f"{path}: public_key"),
+                psk=decode_key(str(raw["psk"]), f"{path}: psk"),
+                address=ipaddress.IPv4Address(raw["address"]),
+            )
+        except (KeyError, ValueError) as exc:
+            raise UserError(f"{path}: bad client record ({exc})") from None
+
+    def remove_client(self, name: str) -> None:
+        self.settings()
+        path = self.clients_dir / f"{name}.json"
+        if not CLIENT_NAME.fullmatch(name) or not path.exists():
+            raise UserError(f"unknown client {name!r}")
+        path.unlink()
+
+    # -- add-client ---------------------------------------------------------
+    def add_client(self, name: str, address: str | None) -> tuple[ClientRecord, str]:
+        """Register ``name`` with a fresh key pair; return the record and the profile text."""
+        settings = self.settings()
+        if not CLIENT_NAME.fullmatch(name):
+            raise UserError(f"bad client name {name!r}: use 1-32 letters, digits, '.', '_' or '-'")
+        path = self.clients_dir / f"{name}.json"
+        if path.exists():
+            raise UserError(f"client {name!r} already exists")
+        clients = self.clients()
+        taken = {c.address for c in clients} | {settings.server_interface.ip}
+        usable = list(settings.subnet.hosts())
+        if address is not None:
+            try:
+                ip = ipaddress.IPv4Address(address)
+            except ValueError:
+                raise UserError(f"bad address {address!r}: expected an IPv4 address") from None
+            if ip not in usable:
+                raise UserError(f"address {ip} is not a host address of {settings.subnet}")
+            if ip in taken:
+                raise UserError(f"address {ip} is already in use")
+        else:
+            free = [ip for ip in usable if ip not in taken]
+            if not free:
+                raise UserError(f"no free address left in {settings.subnet}")
+            ip = free[0]
+        private = generate_private_key()
+        record = ClientRecord(name, public_key(private), secrets.token_bytes(KEY_LEN), ip)
+        write_private_file(
+            path,
+            json.dumps(
+                {"public_key": encode_key(record.public_key), "psk": encode_key(record.psk), "address": str(ip)},
+                indent=2,
+            )
+            + "\n",
+        )
+        profile = Profile(name, private, self.public_key(), record.psk, settings.endpoint)
+        return record, profile.render(f"{ip}/{settings.subnet.prefixlen}")
+
+
+def _parse_subnet(text: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(text)
+    except ValueError as exc:
+        raise UserError(f"bad subnet {text!r}: {exc}") from None
+    if net.num_addresses < 4:
+        raise UserError(f"subnet {net} is too small: it needs room for the server and a client")
+    return net
+
+
+def _default_endpoint(listen: str) -> str:
+    """Pick the address clients should dial when ``--endpoint`` was not given.
+
+    A specific listen address is the answer. For 0.0.0.0 we ask the kernel which source
+    address it would use toward a public address; connect() on a UDP socket sends nothing.
+    """
+    host, port = parse_endpoint(listen)
+    if host not in ("0.0.0.0", "::"):
+        return f"{host}:{port}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", port))
+            host = probe.getsockname()[0]
+        except OSError:
+            host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a client needs to reach its server."""
+
+    name: str
+    private_key: bytes
+    server_public_key: bytes
+    psk: bytes
+    endpoint: str
+
+    def render(self, address_hint: str) -> str:
+        return (
+            f"# tunlib client profile for {self.name!r}, made by 'server.py add-client'.\n"
+            f"# It holds this client's private key: keep it readable by root only (chmod 600).\n"
+            f"# The server assigns this client the tunnel address {address_hint}.\n"
+            f"[Client]\n"
+            f"Name = {self.name}\n"
+            f"PrivateKey = {encode_key(self.private_key)}\n"
+            f"\n"
+            f"[Server]\n"
+            f"PublicKey = {encode_key(self.server_public_key)}\n"
+            f"PresharedKey = {encode_key(self.psk)}\n"
+            f"Endpoint = {self.endpoint}\n"
+        )
+
+    @classmethod
+    def parse(cls, text: str, source: str) -> Profile:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read_string(text, source=source)
+            client, server = parser["Client"], parser["Server"]
+            name = client.get("Name", "client")
+            private = decode_key(client["PrivateKey"], f"{source}: [Client] PrivateKey")
+            server_key = decode_key(server["PublicKey"], f"{source}: [Server] PublicKey")
+            psk = decode_key(server["PresharedKey"], f"{source}: [Server] PresharedKey")
+            endpoint = server["Endpoint"]
+        except configparser.Error as exc:
+            raise UserError(f"{source}: not a valid profile ({exc.message.splitlines()[0]})") from None
+        except KeyError as exc:
+            raise UserError(f"{source}: not a valid profile (missing {exc})") from None
+        parse_endpoint(endpoint)
+        return cls(name, private, server_key, psk, endpoint)
+
+    @classmethod
+    def load(cls, path: str) -> Profile:
+        try:
+            mode = os.stat(path).st_mode
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise UserError(f"cannot read profile {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"profile {path} is not UTF-8 text") from None
+        profile = cls.parse(text, path)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("profile %s is readable by others; chmod 600 it", path)
+        return profile

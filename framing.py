@@ -1,0 +1,148 @@
+"""Frames: how tunlib cuts one TCP byte stream into messages.
+
+TCP delivers a stream of bytes with no boundaries, so every message carries its own length::
+
+    +----------------+---------+----------------------+
+    | length: u32 BE | type: u8 | body (length bytes) |
+    +----------------+---------+----------------------+
+
+The length is 4 bytes, not 2, because in offload mode one frame carries a 64 KB TCP
+super-packet plus its virtio-net header plus a 16-byte AES-GCM tag, which does not fit in
+65,535. The 5-byte header is also the associated data of every encrypted frame, so an
+attacker who edits a length or a type breaks the authentication tag.
+
+This module does no I/O: the data path hands it bytes it received and takes back frames.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from enum import IntEnum
+
+HEADER = struct.Struct("!IB")
+"""length (body only), type."""
+HEADER_LEN = HEADER.size
+
+AEAD_TAG_LEN = 16
+"""Bytes AES-GCM adds to every sealed body."""
+
+MAX_PACKET_LEN = 65535 + 12
+"""Largest plaintext a DATA frame carries: an IPv4 packet of the maximum size (a GSO
+super-packet) behind a virtio-net header of at most 12 bytes."""
+
+MAX_FRAME_BODY = MAX_PACKET_LEN + AEAD_TAG_LEN
+"""Any length above this is an error, detected from the header before the body is read,
+so a peer cannot make us buffer gigabytes."""
+
+MAX_HANDSHAKE_BODY = 1024
+"""Handshake messages are a few hundred bytes; anything larger before the session exists
+is rejected, because an unauthenticated peer must not make the server allocate much."""
+
+
+class FrameType(IntEnum):
+    """The type byte. Values are part of the wire protocol (PROTOCOL.md)."""
+
+    HANDSHAKE_INIT = 0x01
+    HANDSHAKE_RESPONSE = 0x02
+    REJECT = 0x03
+    DATA = 0x04
+
+
+class RejectReason(IntEnum):
+    """Why the server refused a handshake. Sent in clear and unauthenticated, so a client
+    treats it only as a hint for its error message, never as a security decision."""
+
+    UNDECRYPTABLE = 1
+    """Message 1 did not decrypt: the client pinned a different server key."""
+    UNKNOWN_CLIENT = 2
+    """The client's static key is not registered on this server."""
+    STALE_TIMESTAMP = 3
+    """The timestamp is not newer than the last one seen: a replay, or a client clock gone back."""
+    BAD_HELLO = 4
+    """The handshake payload could not be parsed."""
+
+
+class FrameError(ValueError):
+    """The byte stream violates the framing rules; the connection must be closed."""
+
+
+def encode_header(frame_type: int, body_len: int) -> bytes:
+    """Return the 5-byte header for a body of ``body_len`` bytes."""
+    return HEADER.pack(body_len, frame_type)
+
+
+def encode_frame(frame_type: int, body: bytes) -> bytes:
+    """Return a complete unencrypted frame (used for handshake and reject messages)."""
+    return HEADER.pack(len(body), frame_type) + body
+
+
+class FrameDecoder:
+    """Collects received bytes and yields complete frames.
+
+    The caller receives straight into :meth:`free_space` (no copy), reports how many bytes
+    arrived with :meth:`commit`, then iterates :meth:`frames`. Yielded views point into the
+    internal buffer and are valid only until the next :meth:`free_space` call, which moves
+    any partial frame to the front. One large buffer means one ``recv_into`` can bring in
+    dozens of frames, which is what makes the Python data path fast.
+    """
+
+    def __init__(self, max_body: int, buffer_size: int) -> None:
+        if buffer_size < HEADER_LEN + max_body:
+            raise ValueError("buffer must hold at least one maximum-size frame")
+        self.max_body = max_body
+        self._buf = bytearray(buffer_size)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+
+    def free_space(self) -> memoryview:
+        """Return the writable tail of the buffer, compacting first if needed."""
+        if self._start:
+            pending = self._end - self._start
+            self._buf[:pending] = self._view[self._start : self._end]
+            self._start, self._end = 0, pending
+        return self._view[self._end :]
+
+    def commit(self, count: int) -> None:
+        """Record that ``count`` bytes were written into the last :meth:`free_space` view."""
+        self._end += count
+
+    def feed(self, data: bytes) -> None:
+        """Copy ``data`` in (for tests and handshakes; the data path uses ``recv_into``)."""
+        while data:
+            space = self.free_space()
+            if not space:
+                raise FrameError("frame decoder buffer full")
+            chunk = data[: len(space)]
+            space[: len(chunk)] = chunk
+            self.commit(len(chunk))
+            data = data[len(chunk) :]
+
+    def frames(self) -> Iterator[tuple[int, memoryview, memoryview]]:
+        """Yield ``(type, header, body)`` for every complete frame buffered.
+
+        Raises :class:`FrameError` as soon as a header announces a body larger than
+        ``max_body``, before waiting for that body.
+        """
+        view = self._view
+        unpack = HEADER.unpack_from
+        max_body = self.max_body
+        start, end = self._start, self._end
+        while end - start >= HEADER_LEN:
+            length, frame_type = unpack(view, start)
+            if length > max_body:
+                self._start = start
+                raise FrameError(f"frame of {length} bytes exceeds the limit of {max_body}")
+            body_start = start + HEADER_LEN
+            if end - body_start < length:
+                break
+            start = body_start + length
+            self._start = start
+            yield frame_type, view[body_start - HEADER_LEN : body_start], view[body_start:start]
+        self._start = start
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames (a partial frame)."""
+        return self._end - self._start

@@ -1,0 +1,117 @@
+"""What the two handshake messages carry inside their encrypted payloads.
+
+Message 1 (client to server) carries a TAI64N timestamp and a JSON object for extensions. The server
+keeps the newest timestamp it has seen from each client and refuses any message 1 that is not
+newer, so a recorded message 1 replayed later cannot open a session (WireGuard does the same).
+
+Message 2 (server to client) carries the session settings as JSON: the client's tunnel
+address, the MTU and the data-path mode. Later features (routes, DNS) add keys; unknown keys
+are ignored so old clients keep working. This module does no I/O; the caller passes the clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import struct
+from dataclasses import dataclass, field
+
+TAI64N = struct.Struct("!QI")
+TAI64N_LEN = TAI64N.size
+TAI64_EPOCH = 2**62
+"""TAI64 labels second 0 of 1970 as 2**62 (the small leap-second offset is ignored, as in
+WireGuard: only the ordering matters)."""
+
+MAX_PAYLOAD = 512
+"""Upper bound for either payload, checked before JSON parsing."""
+
+DEFAULT_MTU = 1400
+
+
+class MessageError(ValueError):
+    """A handshake payload is malformed."""
+
+
+def tai64n(unix_ns: int) -> bytes:
+    """Encode a Unix time in nanoseconds as a 12-byte TAI64N label (sortable as bytes)."""
+    seconds, nanos = divmod(unix_ns, 1_000_000_000)
+    return TAI64N.pack(TAI64_EPOCH + seconds, nanos)
+
+
+def _load_json_object(data: bytes) -> dict:
+    if len(data) > MAX_PAYLOAD:
+        raise MessageError("payload too large")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MessageError(f"payload is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise MessageError("payload is not a JSON object")
+    return value
+
+
+def _dump(value: dict) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+@dataclass(frozen=True)
+class ClientHello:
+    """Payload of message 1: a timestamp, then a JSON object kept for future extensions
+    (version 1 sends ``{}``; a server ignores keys it does not know)."""
+
+    timestamp: bytes
+
+    def encode(self) -> bytes:
+        return self.timestamp + _dump({})
+
+    @classmethod
+    def decode(cls, data: bytes) -> ClientHello:
+        if len(data) < TAI64N_LEN:
+            raise MessageError("hello shorter than a timestamp")
+        _load_json_object(data[TAI64N_LEN:])
+        return cls(timestamp=bytes(data[:TAI64N_LEN]))
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Payload of message 2: how the client must configure its end of the tunnel."""
+
+    address: ipaddress.IPv4Interface
+    """The client's tunnel address with the tunnel prefix, e.g. 10.0.0.2/24."""
+    server_address: ipaddress.IPv4Address
+    mtu: int = DEFAULT_MTU
+    offload: bool = False
+    """True: every DATA plaintext starts with a virtio-net header (TUN offload mode)."""
+    routes: tuple[ipaddress.IPv4Network, ...] = field(default=())
+    """Networks the server offers behind the tunnel (besides the tunnel subnet)."""
+    dns: tuple[ipaddress.IPv4Address, ...] = field(default=())
+
+    def encode(self) -> bytes:
+        return _dump(
+            {
+                "address": str(self.address),
+                "server_address": str(self.server_address),
+                "mtu": self.mtu,
+                "offload": self.offload,
+                "routes": [str(r) for r in self.routes],
+                "dns": [str(d) for d in self.dns],
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> SessionSettings:
+        fields = _load_json_object(data)
+        try:
+            address = ipaddress.IPv4Interface(fields["address"])
+            server_address = ipaddress.IPv4Address(fields["server_address"])
+            mtu = fields.get("mtu", DEFAULT_MTU)
+            offload = fields.get("offload", False)
+            routes = tuple(ipaddress.IPv4Network(r) for r in fields.get("routes", []))
+            dns = tuple(ipaddress.IPv4Address(d) for d in fields.get("dns", []))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MessageError(f"bad session settings: {exc!r}") from None
+        if not isinstance(mtu, int) or isinstance(mtu, bool) or not 576 <= mtu <= 65535:
+            raise MessageError("session settings: mtu must be an integer in 576..65535")
+        if not isinstance(offload, bool):
+            raise MessageError("session settings: offload must be true or false")
+        return cls(address, server_address, mtu, offload, routes, dns)

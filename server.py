@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""tunlib server: one TUN device, many clients, each on its own TCP connection.
+
+    server.py init --state-dir DIR [--subnet 10.0.0.0/24] [--listen 0.0.0.0:55555] [--endpoint HOST:PORT]
+    server.py add-client NAME --state-dir DIR [--address IP]
+    server.py list-clients --state-dir DIR
+    server.py remove-client NAME --state-dir DIR
+    server.py run --state-dir DIR [--listen HOST:PORT] [--tun tun0] [--icmp-reply] [--no-offload] [-v]
+
+Threads while running: one accepts connections; one reads the TUN and routes each packet to
+its client's queue; and per client, one receiver (socket -> TUN) and one sender (queue -> socket).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import ipaddress
+import logging
+import socket
+import sys
+import threading
+from collections.abc import Callable
+
+from config import ClientRecord, ServerSettings, ServerState, encode_key, parse_endpoint
+from errors import UserError
+from messages import ClientHello, SessionSettings
+from netsetup import configure_interface
+from runtime import StopSignal, require_net_admin, run_main, setup_logging
+from session import Admission, HandshakeFailed, server_handshake, tune_carrier
+from tundev import TunDevice, open_tun
+from tunlib import ClientSession, LinkClosed, ServerRouter, Waker, pump_queue_to_link
+
+log = logging.getLogger("server")
+
+MAX_PENDING_HANDSHAKES = 64
+"""Connections still in their handshake at once. Past this, new ones are closed at once, so
+a flood of idle connections cannot exhaust threads; established sessions are unaffected."""
+SHUTDOWN_JOIN_TIMEOUT = 1.0
+
+
+class Server:
+    """A running server: the listener, the TUN, the router and the client sessions."""
+
+    def __init__(
+        self, state: ServerState, settings: ServerSettings, listener: socket.socket, tun: TunDevice, icmp_reply: bool
+    ) -> None:
+        self.state = state
+        self.settings = settings
+        self.listener = listener
+        self.tun = tun
+        self.router = ServerRouter(tun, settings.server_interface.ip.packed, icmp_reply)
+        self.waker = Waker()
+        self.stopping = threading.Event()
+        self.pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+        self.timestamps: dict[bytes, bytes] = {}
+        self.timestamps_lock = threading.Lock()
+        self.admission = Admission(state.private_key(), self.lookup, self.accept_timestamp, self.settings_for)
+        self.threads: list[threading.Thread] = []
+
+    # -- admission policy ---------------------------------------------------
+    def lookup(self, public_key: bytes) -> ClientRecord | None:
+        """Find a registered client by key, reading the state directory afresh each time,
+        so ``add-client`` and ``remove-client`` take effect without a restart."""
+        try:
+            clients = self.state.clients()
+        except UserError as exc:
+            log.error("client registry: %s", exc)
+            return None
+        return next((c for c in clients if c.public_key == public_key), None)
+
+    def accept_timestamp(self, public_key: bytes, timestamp: bytes) -> bool:
+        with self.timestamps_lock:
+            if timestamp <= self.timestamps.get(public_key, b""):
+                return False
+            self.timestamps[public_key] = timestamp
+            return True
+
+    def settings_for(self, record: ClientRecord, _hello: ClientHello) -> SessionSettings:
+        return SessionSettings(
+            address=self._client_interface(record),
+            server_address=self.settings.server_interface.ip,
+            mtu=self.settings.mtu,
+            offload=self.tun.offload,
+        )
+
+    def _client_interface(self, record: ClientRecord) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(f"{record.address}/{self.settings.subnet.prefixlen}")
+
+    # -- threads ------------------------------------------------------------
+    def start(self) -> None:
+        self._spawn("tun-reader", self.router.pump_tun, self.waker)
+        self._spawn("acceptor", self.accept_loop)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+        return thread
+
+    def accept_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                sock, peer = self.listener.accept()
+            except OSError:
+                if self.stopping.is_set():
+                    return
+                continue
+            if not self.pending.acquire(blocking=False):
+                log.warning("too many handshakes in progress; dropping connection from %s", peer[0])
+                sock.close()
+                continue
+            threading.Thread(
+                target=self.serve_connection, args=(sock, peer), name=f"conn-{peer[0]}", daemon=True
+            ).start()
+
+    def serve_connection(self, sock: socket.socket, peer: tuple) -> None:
+        """Handshake, then run this client's session until it ends. Never raises."""
+        where = f"{peer[0]}:{peer[1]}"
+        try:
+            tune_carrier(sock)
+            record, settings, link = server_handshake(sock, self.admission)
+        except (HandshakeFailed, OSError) as exc:
+            log.info("refused connection from %s: %s", where, exc)
+            sock.close()
+            return
+        finally:
+            self.pending.release()
+        session = ClientSession(record.name, record.address.packed, link)
+        replaced = self.router.attach(session)
+        if replaced is not None:
+            log.info("client %s reconnected; closing its previous connection", record.name)
+            replaced.close()
+        log.info("client %s connected from %s as %s", record.name, where, settings.address.ip)
+        sender = threading.Thread(target=self._run_sender, args=(session,), name=f"send-{record.name}", daemon=True)
+        sender.start()
+        try:
+            link.receive_packets(self.router.make_deliver(session))
+        except LinkClosed as exc:
+            if not self.stopping.is_set():
+                log.info("client %s disconnected: %s", record.name, exc)
+        finally:
+            self.router.detach(session)
+            session.close()
+            sender.join(SHUTDOWN_JOIN_TIMEOUT)
+            log.info(
+                "client %s stats: %s dropped_queue_full=%d", record.name, link.counters.summary(), session.queue.dropped
+            )
+
+    def _run_sender(self, session: ClientSession) -> None:
+        try:
+            pump_queue_to_link(session.queue, session.link)
+        except LinkClosed:
+            session.link.close()  # wakes the receiver, which cleans up
+
+    def log_stats(self) -> None:
+        sessions = list(self.router.sessions.values())
+        log.info("server stats: %s; clients connected: %d", self.router.counters.summary(), len(sessions))
+        for s in sessions:
+            log.info("client %s stats: %s", s.name, s.link.counters.summary())
+
+    def stop(self) -> None:
+        """Close everything in an order that wakes every thread, then remove the TUN."""
+        self.stopping.set()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for session in list(self.router.sessions.values()):
+            session.close()
+        self.waker.wake()
+        for thread in self.threads:
+            thread.join(SHUTDOWN_JOIN_TIMEOUT)
+        self.log_stats()
+        self.tun.close()
+        self.waker.close()
+
+
+def bind_listener(listen: str) -> socket.socket:
+    host, port = parse_endpoint(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} is already in use on {host}: is another server running?") from None
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+# -- subcommands -------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    state = ServerState(args.state_dir)
+    created = state.init(args.subnet, args.listen, args.endpoint)
+    settings = state.settings()
+    print(encode_key(state.public_key()))
+    log.info(
+        "%s %s: subnet %s, listen %s, endpoint %s",
+        "initialised" if created else "already initialised",
+        state.dir,
+        settings.subnet,
+        settings.listen,
+        settings.endpoint,
+    )
+    return 0
+
+
+def cmd_add_client(args: argparse.Namespace) -> int:
+    state = ServerState(args.state_dir)
+    record, profile = state.add_client(args.name, args.address)
+    sys.stdout.write(profile)
+    log.info("registered client %s with address %s", record.name, record.address)
+    return 0
+
+
+def cmd_list_clients(args: argparse.Namespace) -> int:
+    state = ServerState(args.state_dir)
+    state.settings()
+    for record in state.clients():
+        print(f"{record.name}\t{record.address}\t{encode_key(record.public_key)}")
+    return 0
+
+
+def cmd_remove_client(args: argparse.Namespace) -> int:
+    ServerState(args.state_dir).remove_client(args.name)
+    log.info("removed client %s; its next handshake will be refused", args.name)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    state = ServerState(args.state_dir)
+    settings = state.settings()
+    state.private_key()
+    require_net_admin()
+    listener = bind_listener(args.listen or settings.listen)
+    try:
+        tun = open_tun(args.tun, offload=not args.no_offload)
+    except UserError:
+        listener.close()
+        raise
+    try:
+        configure_interface(tun.name, settings.server_interface, settings.mtu)
+    except UserError:
+        tun.close()
+        listener.close()
+        raise
+    server = Server(state, settings, listener, tun, args.icmp_reply)
+    stop = StopSignal(on_usr1=server.log_stats)
+    server.start()
+    log.info(
+        "serving on %s, %s %s in %s mode%s",
+        args.listen or settings.listen,
+        tun.name,
+        settings.server_interface,
+        "offload" if tun.offload else "plain",
+        ", answering pings in user space" if args.icmp_reply else "",
+    )
+    stop.event.wait()
+    log.info("%s received, shutting down", stop.signal_name)
+    server.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="server.py", description="tunlib VPN server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--state-dir", required=True, help="directory holding the server key, settings and clients")
+        p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        return p
+
+    p = add("init", "create the server key and settings if missing; print the public key")
+    p.add_argument("--subnet", help="tunnel subnet (default 10.0.0.0/24); the server takes its first address")
+    p.add_argument("--listen", help="HOST:PORT to listen on (default 0.0.0.0:55555)")
+    p.add_argument("--endpoint", help="HOST:PORT that clients dial, written into profiles")
+    p.set_defaults(func=cmd_init)
+
+    p = add("add-client", "register a client with a fresh key pair; print its profile")
+    p.add_argument("name", help="client name (letters, digits, '.', '_', '-')")
+    p.add_argument("--address", help="tunnel address (default: the next free one)")
+    p.set_defaults(func=cmd_add_client)
+
+    p = add("list-clients", "list registered clients: name, address, public key")
+    p.set_defaults(func=cmd_list_clients)
+
+    p = add("remove-client", "unregister a client; it can no longer connect")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_remove_client)
+
+    p = add("run", "run the server until SIGINT/SIGTERM")
+    p.add_argument("--listen", help="HOST:PORT to listen on (default: from init)")
+    p.add_argument("--tun", default="tun0", help="TUN interface name (default tun0)")
+    p.add_argument(
+        "--icmp-reply", action="store_true", help="answer pings to the server's tunnel address in user space"
+    )
+    p.add_argument("--no-offload", action="store_true", help="plain mode: one packet per frame, no TUN offloads")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    run_main(main)

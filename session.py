@@ -1,0 +1,206 @@
+"""Opening a session over TCP: the carrier socket and the two-message handshake exchange.
+
+This is the I/O around :mod:`handshake` (which only turns bytes into bytes)::
+
+    client                                         server
+      | -- HANDSHAKE_INIT   (Noise msg 1: hello) -->  |  decrypt, look up client key,
+      |                                               |  check the timestamp is newer
+      | <-- HANDSHAKE_RESPONSE (msg 2: settings) ---  |
+      | <== DATA frames, both ways ===============>   |
+
+The whole exchange must finish within HANDSHAKE_TIMEOUT and each message within
+MAX_HANDSHAKE_BODY bytes, so a silent or chatty stranger on the port costs the server little.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from config import ClientRecord, Profile, parse_endpoint
+from errors import UserError
+from framing import MAX_HANDSHAKE_BODY, FrameDecoder, FrameError, FrameType, RejectReason, encode_frame
+from handshake import HandshakeError, Initiator, Responder
+from messages import ClientHello, MessageError, SessionSettings, tai64n
+from transport import ReceiveState, SendState
+from tunlib import RECV_BUFFER_SIZE, PeerLink
+
+log = logging.getLogger(__name__)
+
+PROLOGUE = b"tunlib/1"
+"""Mixed into the handshake hash, so a peer speaking another protocol (or version) fails."""
+HANDSHAKE_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 10.0
+TCP_KEEPIDLE_S, TCP_KEEPINTVL_S, TCP_KEEPCNT_N = 15, 5, 3
+"""Kernel keepalives find a dead peer in about 30 s without any thread of ours waking up."""
+TCP_USER_TIMEOUT_MS = 30_000
+"""Give up on a connection whose sent data stays unacknowledged this long."""
+
+REJECT_MESSAGES = {
+    RejectReason.UNDECRYPTABLE: "the server could not decrypt our handshake: the profile's server "
+    "PublicKey does not match this server",
+    RejectReason.UNKNOWN_CLIENT: "the server does not know this client's key: it is not registered "
+    "(or was removed) on this server",
+    RejectReason.STALE_TIMESTAMP: "the server saw a newer handshake from this client: is the clock "
+    "wrong, or is the same profile in use twice?",
+    RejectReason.BAD_HELLO: "the server could not parse our hello: version mismatch?",
+}
+
+
+class HandshakeFailed(Exception):
+    """The peer failed the handshake; the connection is closed and the peer told why if useful."""
+
+
+def tune_carrier(sock: socket.socket) -> None:
+    """Socket options every carrier connection gets, on both ends.
+
+    TCP_NODELAY matters most: without it, small frames (inner TCP ACKs) wait for Nagle's
+    algorithm and throughput drops by about a quarter.
+    """
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, TCP_KEEPIDLE_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, TCP_KEEPINTVL_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPCNT_N)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+
+
+def read_handshake_frame(sock: socket.socket, decoder: FrameDecoder, deadline: float) -> tuple[int, bytes]:
+    """Read exactly one frame before ``deadline`` (a ``time.monotonic()`` value).
+
+    Bytes after that frame stay in ``decoder`` for the data path (a fast peer may send DATA
+    right behind its handshake message).
+    """
+    decoder.max_body = MAX_HANDSHAKE_BODY
+    while True:
+        for frame_type, _header, body in decoder.frames():
+            return frame_type, bytes(body)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HandshakeFailed("handshake timed out")
+        sock.settimeout(remaining)
+        try:
+            count = sock.recv_into(decoder.free_space())
+        except TimeoutError:
+            raise HandshakeFailed("handshake timed out") from None
+        except OSError as exc:
+            raise HandshakeFailed(f"connection failed during handshake: {exc.strerror or exc}") from None
+        if not count:
+            raise HandshakeFailed("the peer closed the connection during the handshake")
+        decoder.commit(count)
+
+
+def _new_link(sock: socket.socket, send_key: bytes, recv_key: bytes, decoder: FrameDecoder) -> PeerLink:
+    sock.settimeout(None)
+    return PeerLink(sock, SendState(send_key), ReceiveState(recv_key), decoder)
+
+
+# -- client side -----------------------------------------------------------------
+
+
+def dial(endpoint: str) -> socket.socket:
+    """Connect to ``HOST:PORT``; an unreachable server is a :class:`UserError`."""
+    host, port = parse_endpoint(endpoint)
+    try:
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
+    except TimeoutError:
+        raise UserError(f"server {host}:{port} is unreachable: connection timed out") from None
+    except OSError as exc:
+        raise UserError(f"server {host}:{port} is unreachable: {exc.strerror or exc}") from None
+    tune_carrier(sock)
+    return sock
+
+
+def client_handshake(sock: socket.socket, profile: Profile) -> tuple[SessionSettings, PeerLink]:
+    """Run the initiator's side on a connected socket; return the server's settings and the link."""
+    deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+    initiator = Initiator(profile.private_key, profile.server_public_key, profile.psk, PROLOGUE)
+    hello = ClientHello(tai64n(time.time_ns()))
+    try:
+        sock.sendall(encode_frame(FrameType.HANDSHAKE_INIT, initiator.write_init(hello.encode())))
+    except OSError as exc:
+        raise HandshakeFailed(f"sending the handshake failed: {exc.strerror or exc}") from None
+    decoder = FrameDecoder(MAX_HANDSHAKE_BODY, RECV_BUFFER_SIZE)
+    try:
+        frame_type, body = read_handshake_frame(sock, decoder, deadline)
+    except FrameError as exc:
+        raise HandshakeFailed(f"bad handshake response: {exc}") from None
+    if frame_type == FrameType.REJECT and len(body) == 1 and body[0] in REJECT_MESSAGES:
+        raise HandshakeFailed(f"server refused the handshake: {REJECT_MESSAGES[RejectReason(body[0])]}")
+    if frame_type != FrameType.HANDSHAKE_RESPONSE:
+        raise HandshakeFailed(f"expected a handshake response, got frame type {frame_type}")
+    try:
+        payload, keys = initiator.read_response(body)
+        settings = SessionSettings.decode(payload)
+    except HandshakeError:
+        raise HandshakeFailed(
+            "the server's response did not authenticate: wrong server key or preshared key in the profile"
+        ) from None
+    except MessageError as exc:
+        raise HandshakeFailed(f"bad session settings from the server: {exc}") from None
+    return settings, _new_link(sock, keys.send_key, keys.recv_key, decoder)
+
+
+# -- server side -----------------------------------------------------------------
+
+
+@dataclass
+class Admission:
+    """What the server knows about who may connect, shared by all handshake threads.
+
+    ``accept_timestamp`` enforces the replay rule atomically: it returns True and records the
+    timestamp only if it is newer than the last one seen from that key.
+    """
+
+    static_private: bytes
+    lookup: Callable[[bytes], ClientRecord | None]
+    accept_timestamp: Callable[[bytes, bytes], bool]
+    settings_for: Callable[[ClientRecord, ClientHello], SessionSettings]
+
+
+def _reject(sock: socket.socket, reason: RejectReason) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendall(encode_frame(FrameType.REJECT, bytes([reason])))
+
+
+def server_handshake(sock: socket.socket, admission: Admission) -> tuple[ClientRecord, SessionSettings, PeerLink]:
+    """Run the responder's side on an accepted socket; raise HandshakeFailed to refuse."""
+    deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+    decoder = FrameDecoder(MAX_HANDSHAKE_BODY, RECV_BUFFER_SIZE)
+    try:
+        frame_type, body = read_handshake_frame(sock, decoder, deadline)
+    except FrameError as exc:
+        raise HandshakeFailed(str(exc)) from None
+    if frame_type != FrameType.HANDSHAKE_INIT:
+        raise HandshakeFailed(f"expected a handshake, got frame type {frame_type}")
+    responder = Responder(admission.static_private, PROLOGUE)
+    try:
+        client_key, payload = responder.read_init(body)
+    except HandshakeError:
+        _reject(sock, RejectReason.UNDECRYPTABLE)
+        raise HandshakeFailed("message 1 did not decrypt (client pinned another server key?)") from None
+    record = admission.lookup(client_key)
+    if record is None:
+        _reject(sock, RejectReason.UNKNOWN_CLIENT)
+        raise HandshakeFailed("unknown client key")
+    try:
+        hello = ClientHello.decode(payload)
+    except MessageError as exc:
+        _reject(sock, RejectReason.BAD_HELLO)
+        raise HandshakeFailed(f"client {record.name}: {exc}") from None
+    if not admission.accept_timestamp(client_key, hello.timestamp):
+        _reject(sock, RejectReason.STALE_TIMESTAMP)
+        raise HandshakeFailed(f"client {record.name}: replayed or stale handshake")
+    settings = admission.settings_for(record, hello)
+    message, keys = responder.write_response(record.psk, settings.encode())
+    try:
+        sock.sendall(encode_frame(FrameType.HANDSHAKE_RESPONSE, message))
+    except OSError as exc:
+        raise HandshakeFailed(f"client {record.name}: sending the response failed: {exc.strerror}") from None
+    return record, settings, _new_link(sock, keys.send_key, keys.recv_key, decoder)

@@ -1,0 +1,440 @@
+"""The data path: moving IP packets between a TUN device and an encrypted TCP connection.
+
+Follow one packet from an application on the client to the server:
+
+1. The kernel routes it to the client's TUN; :func:`pump_tun_to_link` reads it (``readv``
+   into a reusable buffer, no allocation).
+2. :meth:`PeerLink.append` seals it with AES-GCM straight into an output buffer, as one
+   frame. While the TUN has more packets ready, more frames join the same buffer;
+   :meth:`PeerLink.flush` then sends them all with one ``sendall``.
+3. On the server, :meth:`PeerLink.receive_packets` receives many frames with one
+   ``recv_into``, opens each with the next counter nonce, and hands the plaintext to the
+   server's router (:class:`ServerRouter`), which checks the source address and writes the
+   packet to the server's TUN, or hands it straight to another client's queue.
+
+The way back is symmetric: the server's TUN reader (:meth:`ServerRouter.pump_tun`) routes
+each packet by destination address into that client's bounded :class:`PacketQueue`, and the
+client's sender thread (:func:`pump_queue_to_link`) seals and sends it.
+
+Performance rules used throughout (see README, "Why it is fast"): buffers allocated once,
+methods bound to locals outside loops, no logging per packet, and counters instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+from framing import AEAD_TAG_LEN, HEADER_LEN, MAX_FRAME_BODY, FrameDecoder, FrameError, FrameType
+from packets import echo_reply_for
+from transport import DecryptError, NonceExhausted, ReceiveState, SendState
+from tundev import TunDevice
+from vnet import PLAIN_VNET_HDR, VIRTIO_NET_HDR_LEN, vnet_problem
+
+log = logging.getLogger(__name__)
+
+RECV_BUFFER_SIZE = 1 << 20
+"""One ``recv_into`` can bring in this much: dozens of plain frames, or 16 super-packets."""
+SEND_BUFFER_SIZE = 1 << 19
+"""Frames are collected up to this size before one ``sendall``."""
+SEND_QUEUE_PACKETS = 256
+"""Per-client queue bound on the server. When it is full the packet is dropped: the inner
+TCP sees a loss and slows down, instead of a growing wall of latency (TCP-over-TCP meltdown)."""
+MAX_PACKET = 65535 + VIRTIO_NET_HDR_LEN
+
+
+@dataclass
+class Counters:
+    """Per-tunnel statistics, logged at exit and on SIGUSR1. Plain ints: each is written by
+    one thread, so no lock is needed, and an increment costs almost nothing."""
+
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    dropped_ipv6: int = 0
+    dropped_malformed: int = 0
+    dropped_spoofed: int = 0
+    dropped_no_route: int = 0
+    dropped_queue_full: int = 0
+    dropped_bad_vnet: int = 0
+    dropped_tun_write: int = 0
+    icmp_replies: int = 0
+
+    def summary(self) -> str:
+        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name))
+
+
+class LinkClosed(Exception):
+    """The peer connection ended (EOF, reset, or a protocol violation already logged)."""
+
+
+class PeerLink:
+    """One established session over TCP: seals packets out, opens frames in.
+
+    The send side is shared by two threads on the client (the TUN reader and the ICMP
+    responder), so sealing and sending happen under ``send_lock``: the counter nonce and the
+    order of bytes on the wire must match.
+    """
+
+    def __init__(self, sock: socket.socket, send: SendState, recv: ReceiveState, decoder: FrameDecoder) -> None:
+        self.sock = sock
+        self._send = send
+        self._recv = recv
+        self._decoder = decoder
+        decoder.max_body = MAX_FRAME_BODY
+        self._out = memoryview(bytearray(SEND_BUFFER_SIZE))
+        self._out_len = 0
+        self.send_lock = threading.Lock()
+        self.counters = Counters()
+
+    # -- sending ------------------------------------------------------------
+    def append(self, packet: bytes | memoryview) -> None:
+        """Seal one packet into the output buffer, flushing first if it would not fit.
+
+        Call with ``send_lock`` held; call :meth:`flush` when the batch is complete.
+        """
+        if self._out_len + HEADER_LEN + len(packet) + AEAD_TAG_LEN > SEND_BUFFER_SIZE:
+            self.flush()
+        self._out_len += self._send.seal_into(packet, self._out[self._out_len :])
+
+    def flush(self) -> None:
+        """Send every frame collected so far with one ``sendall``."""
+        if self._out_len:
+            try:
+                self.sock.sendall(self._out[: self._out_len])
+            except OSError as exc:
+                raise LinkClosed(f"send failed: {exc.strerror or exc}") from None
+            finally:
+                self._out_len = 0
+
+    def send_packets(self, packets: list[bytes]) -> None:
+        """Seal and send a list of packets as one batch (thread-safe)."""
+        counters = self.counters
+        with self.send_lock:
+            for packet in packets:
+                self.append(packet)
+                counters.tx_packets += 1
+                counters.tx_bytes += len(packet)
+            self.flush()
+
+    # -- receiving ----------------------------------------------------------
+    def receive_packets(self, deliver: Callable[[memoryview], None]) -> None:
+        """Receive frames until the connection ends, calling ``deliver`` for each packet.
+
+        The view passed to ``deliver`` is valid only during the call. Any frame that is not
+        DATA or does not authenticate ends the session: with counter nonces over TCP, one bad
+        frame means the stream is corrupt, replayed or forged, and nothing after it is trusted.
+        """
+        decoder = self._decoder
+        recv_into = self.sock.recv_into
+        open_into = self._recv.open_into
+        plain = memoryview(bytearray(MAX_FRAME_BODY))
+        counters = self.counters
+        data_type = FrameType.DATA
+        try:
+            while True:
+                # Frames left over from the handshake read come out on the first pass.
+                for frame_type, header, body in decoder.frames():
+                    if frame_type != data_type:
+                        raise LinkClosed(f"unexpected frame type {frame_type} in session")
+                    length = open_into(header, body, plain)
+                    counters.rx_packets += 1
+                    counters.rx_bytes += length
+                    deliver(plain[:length])
+                try:
+                    count = recv_into(decoder.free_space())
+                except OSError as exc:
+                    raise LinkClosed(f"receive failed: {exc.strerror or exc}") from None
+                if not count:
+                    raise LinkClosed("peer closed the connection")
+                decoder.commit(count)
+        except FrameError as exc:
+            raise LinkClosed(f"framing error: {exc}") from None
+        except (DecryptError, NonceExhausted) as exc:
+            raise LinkClosed(str(exc)) from None
+
+    def close(self) -> None:
+        """Wake both directions (``shutdown``) and release the socket."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+class Waker:
+    """A pipe whose only job is to wake threads blocked in ``poll`` on a TUN at shutdown."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.write_fd, b"x")
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+def _wait_readable(poller: select.poll, tun_fd: int) -> bool:
+    """Block until the TUN has a packet (True) or the waker fired (False)."""
+    return all(fd == tun_fd for fd, _ in poller.poll())
+
+
+def _make_poller(tun: TunDevice, waker: Waker) -> select.poll:
+    os.set_blocking(tun.fd, False)
+    poller = select.poll()
+    poller.register(tun.fd, select.POLLIN)
+    poller.register(waker.read_fd, select.POLLIN)
+    return poller
+
+
+def pump_tun_to_link(tun: TunDevice, link: PeerLink, waker: Waker) -> None:
+    """Client thread 1: TUN -> seal -> socket, batching all packets the TUN has ready.
+
+    The TUN is non-blocking: we read until it is empty (EAGAIN), send the batch with one
+    ``sendall``, then sleep in ``poll``. Under load a batch holds many packets; when idle, a
+    lone ping goes out immediately.
+    """
+    poller = _make_poller(tun, waker)
+    buf = memoryview(bytearray(MAX_PACKET))
+    bufs = [buf]
+    readv, fd = os.readv, tun.fd
+    offset = tun.vnet_hdr_len
+    counters = link.counters
+    append, flush, lock = link.append, link.flush, link.send_lock
+    while _wait_readable(poller, fd):
+        with lock:
+            while True:
+                try:
+                    length = readv(fd, bufs)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.EBADFD:
+                        return
+                    raise
+                if length <= offset or buf[offset] >> 4 != 4:
+                    counters.dropped_ipv6 += 1  # the tunnel carries IPv4 only
+                    continue
+                append(buf[:length])
+                counters.tx_packets += 1
+                counters.tx_bytes += length
+            flush()
+
+
+class PacketQueue:
+    """A bounded queue of packets for one client: drop-newest when full, never block.
+
+    ``queue.Queue`` would work but costs a lock and a condition per packet; a ``deque``'s
+    ``append``/``popleft`` are atomic under the GIL, and an :class:`threading.Event` wakes the
+    consumer only when it actually sleeps.
+    """
+
+    def __init__(self, limit: int = SEND_QUEUE_PACKETS) -> None:
+        self.limit = limit
+        self._items: deque[bytes | None] = deque()
+        self._ready = threading.Event()
+        self.dropped = 0
+
+    def put(self, packet: bytes) -> bool:
+        """Queue ``packet``; return False (and count it) if the queue is full."""
+        if len(self._items) >= self.limit:
+            self.dropped += 1
+            return False
+        self._items.append(packet)
+        if not self._ready.is_set():
+            self._ready.set()
+        return True
+
+    def close(self) -> None:
+        """Make the consumer's :meth:`get_batch` return an empty list."""
+        self._items.append(None)
+        self._ready.set()
+
+    def get_batch(self, limit: int = 64) -> list[bytes]:
+        """Block until something is queued; return up to ``limit`` packets ([] when closed)."""
+        items, ready = self._items, self._ready
+        while not items:
+            ready.clear()
+            if items:
+                break
+            ready.wait()
+        batch: list[bytes] = []
+        while items and len(batch) < limit:
+            packet = items.popleft()
+            if packet is None:
+                return []
+            batch.append(packet)
+        return batch
+
+
+def pump_queue_to_link(queue: PacketQueue, link: PeerLink) -> None:
+    """Server sender thread, one per client: queue -> seal -> socket."""
+    get_batch, send_packets = queue.get_batch, link.send_packets
+    while batch := get_batch():
+        send_packets(batch)
+
+
+def write_to_tun(tun_fd: int, packet: memoryview | bytes, counters: Counters) -> None:
+    """Write one packet; a packet the kernel rejects is dropped and counted, never fatal.
+
+    EINVAL here means the kernel refused the packet's virtio-net header (offload mode);
+    a peer must not be able to stop the tunnel with one odd packet.
+    """
+    try:
+        os.write(tun_fd, packet)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            counters.dropped_bad_vnet += 1
+        else:
+            counters.dropped_tun_write += 1
+
+
+def icmp_reply(packet: memoryview, own_address: bytes, vnet_hdr_len: int) -> bytes | None:
+    """The user-space echo reply for ``packet`` (which may carry a virtio-net header), or None.
+
+    A packet with a virtio-net header qualifies only if the header asks for nothing
+    (no GSO, no checksum to finish): ICMP packets always look like that.
+    """
+    if vnet_hdr_len:
+        if any(packet[:vnet_hdr_len]):
+            return None
+        reply = echo_reply_for(packet[vnet_hdr_len:], own_address)
+        return None if reply is None else PLAIN_VNET_HDR + reply
+    return echo_reply_for(packet, own_address)
+
+
+def make_client_deliver(
+    tun: TunDevice, link: PeerLink, own_address: bytes, answer_icmp: bool
+) -> Callable[[memoryview], None]:
+    """Client thread 2's per-packet step: validate and write to the TUN (or answer a ping)."""
+    fd, offset, counters = tun.fd, tun.vnet_hdr_len, link.counters
+
+    def deliver(packet: memoryview) -> None:
+        if len(packet) < offset + 20 or packet[offset] >> 4 != 4:
+            counters.dropped_malformed += 1
+            return
+        if offset and vnet_problem(packet) is not None:
+            counters.dropped_bad_vnet += 1
+            return
+        if answer_icmp and packet[offset + 16 : offset + 20] == own_address:
+            reply = icmp_reply(packet, own_address, offset)
+            if reply is not None:
+                counters.icmp_replies += 1
+                link.send_packets([reply])
+                return
+        write_to_tun(fd, packet, counters)
+
+    return deliver
+
+
+class ClientSession:
+    """The server's view of one connected client: its link, its queue, its threads."""
+
+    def __init__(self, name: str, address: bytes, link: PeerLink) -> None:
+        self.name = name
+        self.address = address
+        self.link = link
+        self.queue = PacketQueue()
+        self.threads: list[threading.Thread] = []
+
+    def close(self) -> None:
+        self.queue.close()
+        self.link.close()
+
+
+class ServerRouter:
+    """Routes packets between the server's one TUN and many client sessions.
+
+    Routing is by destination address: the tunnel gives each client one /32, so a dict
+    from 4-byte address to session is the whole routing table. Client-to-client packets are
+    handed from one client's receiver straight to the other's queue, without a trip
+    through the kernel (so the server needs no IP forwarding for them).
+    """
+
+    def __init__(self, tun: TunDevice, own_address: bytes, answer_icmp: bool) -> None:
+        self.tun = tun
+        self.own_address = own_address
+        self.answer_icmp = answer_icmp
+        self.sessions: dict[bytes, ClientSession] = {}
+        self.lock = threading.Lock()
+        self.counters = Counters()
+
+    def attach(self, session: ClientSession) -> ClientSession | None:
+        """Make ``session`` the route for its address; return the session it replaces."""
+        with self.lock:
+            old = self.sessions.get(session.address)
+            self.sessions[session.address] = session
+        return old
+
+    def detach(self, session: ClientSession) -> None:
+        with self.lock:
+            if self.sessions.get(session.address) is session:
+                del self.sessions[session.address]
+
+    def pump_tun(self, waker: Waker) -> None:
+        """The server's TUN reader thread: route each packet to its client's queue."""
+        tun = self.tun
+        poller = _make_poller(tun, waker)
+        read, fd, offset = os.read, tun.fd, tun.vnet_hdr_len
+        sessions, counters = self.sessions, self.counters
+        while _wait_readable(poller, fd):
+            while True:
+                try:
+                    packet = read(fd, MAX_PACKET)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.EBADFD:
+                        return
+                    raise
+                if len(packet) < offset + 20 or packet[offset] >> 4 != 4:
+                    counters.dropped_ipv6 += 1
+                    continue
+                session = sessions.get(packet[offset + 16 : offset + 20])
+                if session is None:
+                    counters.dropped_no_route += 1
+                elif not session.queue.put(packet):
+                    counters.dropped_queue_full += 1
+
+    def make_deliver(self, session: ClientSession) -> Callable[[memoryview], None]:
+        """The per-packet step of one client's receiver thread."""
+        fd, offset = self.tun.fd, self.tun.vnet_hdr_len
+        sessions, counters = self.sessions, session.link.counters
+        source, own, answer_icmp = session.address, self.own_address, self.answer_icmp
+        src_slice, dst_slice = slice(offset + 12, offset + 16), slice(offset + 16, offset + 20)
+
+        def deliver(packet: memoryview) -> None:
+            if len(packet) < offset + 20 or packet[offset] >> 4 != 4:
+                counters.dropped_malformed += 1
+                return
+            if packet[src_slice] != source:
+                counters.dropped_spoofed += 1
+                return
+            if offset and vnet_problem(packet) is not None:
+                counters.dropped_bad_vnet += 1
+                return
+            dst = bytes(packet[dst_slice])
+            peer = sessions.get(dst)
+            if peer is not None:
+                if not peer.queue.put(bytes(packet)):
+                    counters.dropped_queue_full += 1
+                return
+            if answer_icmp and dst == own:
+                reply = icmp_reply(packet, own, offset)
+                if reply is not None:
+                    counters.icmp_replies += 1
+                    session.queue.put(reply)
+                    return
+            write_to_tun(fd, packet, counters)
+
+        return deliver
