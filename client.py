@@ -1,25 +1,34 @@
 #!/usr/bin/env python3
 """tunlib client: connect to the server, then carry packets between a TUN and the connection.
 
-    client.py run --config PROFILE [--tun tun-client0] [--endpoint HOST:PORT] [--icmp-reply] [-v]
+    client.py run --config PROFILE [--tun tun-client0] [--endpoint HOST:PORT] [--icmp-reply]
+                  [--full-tunnel | --route CIDR ...] [--kill-switch] [-v]
+    client.py cleanup [-v]      # undo what a crashed run left: routes, firewall tables, DNS
 
-Order matters: the client dials and completes the handshake *before* it creates its TUN,
-because the server's answer says which address, MTU and data-path mode the TUN must have.
-Then two threads run: TUN -> socket (:func:`tunlib.pump_tun_to_link`) and socket -> TUN
-(:meth:`tunlib.PeerLink.receive_packets`).
+Order matters:
+1. With ``--kill-switch``, the firewall goes up first, so nothing leaks even before the tunnel.
+2. The client dials and completes the handshake *before* it creates its TUN, because the
+   server's answer says which address, MTU and data-path mode the TUN must have.
+3. Routes and DNS follow, each recorded in a journal before it is made (see journal.py).
+4. Two threads carry packets: TUN -> socket and socket -> TUN (tunlib.py).
+5. If the connection drops, the TUN, routes, DNS and kill switch stay in place and the client
+   reconnects with backoff, like OpenVPN's persist-tun: traffic stalls rather than leaks.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import socket
 import threading
-from ipaddress import IPv4Interface
 
-from config import Profile
+from config import Profile, parse_endpoint
 from errors import UserError
+from gateway import ClientGateway
+from journal import Journal, cleanup, journal_path
 from messages import SessionSettings
-from netsetup import add_route, configure_interface
+from netsetup import configure_interface
 from runtime import StopSignal, require_net_admin, run_main, setup_logging
 from session import HandshakeFailed, client_handshake, dial
 from tundev import TunDevice, open_tun
@@ -27,93 +36,183 @@ from tunlib import LinkClosed, PeerLink, Waker, make_client_deliver, pump_tun_to
 
 log = logging.getLogger("client")
 
-EXIT_CONNECTION_LOST = 1
 JOIN_TIMEOUT = 1.0
+RECONNECT_BACKOFF = (1, 2, 4, 8, 15, 30)
+"""Seconds between reconnect attempts; the last value repeats."""
 
 
-def connect(profile: Profile, endpoint: str) -> tuple[SessionSettings, PeerLink]:
-    sock = dial(endpoint)
+class Tunnel:
+    """The client's long-lived state: TUN, host changes, and the current session."""
+
+    def __init__(self, args: argparse.Namespace, profile: Profile, server_ip: str, port: int) -> None:
+        self.args = args
+        self.profile = profile
+        self.endpoint = f"{server_ip}:{port}"
+        self.server_ip = server_ip
+        self.port = port
+        self.stop = StopSignal(on_usr1=self.log_stats)
+        self.journal = Journal(journal_path("client", args.tun))
+        self.gateway = ClientGateway(self.journal, args.tun)
+        self.tun: TunDevice | None = None
+        self.settings: SessionSettings | None = None
+        self.link: PeerLink | None = None
+        self.waker = Waker()
+
+    def log_stats(self) -> None:
+        if self.link is not None:
+            log.info("stats: %s", self.link.counters.summary())
+
+    def connect(self) -> tuple[SessionSettings, PeerLink]:
+        sock = dial(self.endpoint)
+        try:
+            return client_handshake(sock, self.profile)
+        except HandshakeFailed as exc:
+            sock.close()
+            raise UserError(f"handshake with {self.endpoint} failed: {exc}") from None
+
+    def setup(self) -> None:
+        """Everything before the first packet flows; any failure leaves nothing behind."""
+        self.journal.claim("client.py")
+        if self.args.kill_switch:
+            self.gateway.kill_switch(self.server_ip, self.port)
+        self.settings, self.link = self.connect()
+        settings = self.settings
+        self.tun = open_tun(self.args.tun, offload=settings.offload)
+        if settings.offload and not self.tun.offload:
+            raise UserError("the server uses offload mode but this kernel refused IFF_VNET_HDR")
+        configure_interface(self.tun.name, settings.address, settings.mtu)
+        if self.args.full_tunnel:
+            self.gateway.full_tunnel(self.server_ip)
+            self.gateway.dns(settings.dns)
+        else:
+            self.gateway.split_routes([*settings.routes, *self.args.route])
+        log.info(
+            "connected to %s as %s on %s (%s mode, MTU %d)",
+            self.endpoint,
+            settings.address,
+            self.tun.name,
+            "offload" if self.tun.offload else "plain",
+            settings.mtu,
+        )
+
+    def run_session(self, link: PeerLink) -> str | None:
+        """Carry packets until the link fails (returns why) or a signal arrives (returns None)."""
+        assert self.tun is not None and self.settings is not None
+        tun, lost = self.tun, []
+        done = self.stop.event
+
+        def receiver() -> None:
+            deliver = make_client_deliver(tun, link, self.settings.address.ip.packed, self.args.icmp_reply)
+            try:
+                link.receive_packets(deliver)
+            except LinkClosed as exc:
+                lost.append(str(exc))
+            done.set()
+
+        def sender() -> None:
+            try:
+                pump_tun_to_link(tun, link, self.waker)
+            except LinkClosed as exc:
+                lost.append(str(exc))
+            done.set()
+
+        threads = [
+            threading.Thread(target=sender, name="tun-to-socket", daemon=True),
+            threading.Thread(target=receiver, name="socket-to-tun", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        done.wait()
+        link.close()
+        self.waker.wake()
+        for thread in threads:
+            thread.join(JOIN_TIMEOUT)
+        self.waker.drain()
+        log.info("session stats: %s", link.counters.summary())
+        if self.stop.signal_name:
+            return None
+        done.clear()
+        return lost[0] if lost else "session ended"
+
+    def reconnect(self) -> PeerLink | None:
+        """Dial again with backoff until it works or a signal arrives."""
+        attempt = 0
+        while not self.stop.event.is_set():
+            try:
+                settings, link = self.connect()
+            except UserError as exc:
+                delay = RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)]
+                log.warning("reconnect failed (%s); retrying in %d s", exc, delay)
+                attempt += 1
+                self.stop.event.wait(delay)
+                continue
+            if (settings.address, settings.mtu, settings.offload) != (
+                self.settings.address,
+                self.settings.mtu,
+                self.settings.offload,
+            ):
+                link.close()
+                raise UserError("the server changed this client's address, MTU or mode; restart the client")
+            log.info("reconnected to %s", self.endpoint)
+            return link
+        return None
+
+    def run(self) -> int:
+        link = self.link
+        while link is not None:
+            self.link = link
+            reason = self.run_session(link)
+            if reason is None:
+                break
+            log.warning("connection to the server lost: %s; reconnecting", reason)
+            link = self.reconnect()
+        log.info("%s received, shutting down", self.stop.signal_name or "stop")
+        return 0
+
+    def teardown(self) -> None:
+        """Close the TUN (removing its routes), then undo every journaled host change."""
+        if self.link is not None:
+            self.link.close()
+        if self.tun is not None:
+            self.tun.close()
+        self.journal.undo()
+        self.waker.close()
+
+
+def resolve_endpoint(endpoint: str) -> tuple[str, int]:
+    """Resolve the server's name once, before DNS or routes change, and pin the address."""
+    host, port = parse_endpoint(endpoint)
     try:
-        return client_handshake(sock, profile)
-    except HandshakeFailed as exc:
-        sock.close()
-        raise UserError(f"handshake with {endpoint} failed: {exc}") from None
-
-
-def open_configured_tun(name: str, offload: bool, address: IPv4Interface, mtu: int) -> TunDevice:
-    """Create the TUN in the mode the server chose and configure it; undo on failure."""
-    tun = open_tun(name, offload=offload)
-    try:
-        if offload and not tun.offload:
-            raise UserError(
-                "the server uses offload mode but this kernel refused IFF_VNET_HDR; run the server with --no-offload"
-            )
-        configure_interface(tun.name, address, mtu)
-    except UserError:
-        tun.close()
-        raise
-    return tun
+        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
+    return infos[0][4][0], port
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     profile = Profile.load(args.config)
     require_net_admin()
-    endpoint = args.endpoint or profile.endpoint
-    settings, link = connect(profile, endpoint)
+    server_ip, port = resolve_endpoint(args.endpoint or profile.endpoint)
+    tunnel = Tunnel(args, profile, server_ip, port)
     try:
-        tun = open_configured_tun(args.tun, settings.offload, settings.address, settings.mtu)
-        for route in settings.routes:
-            add_route(route, tun.name)
-    except UserError:
-        link.close()
-        raise
-    log.info(
-        "connected to %s as %s on %s (%s mode, MTU %d)",
-        endpoint,
-        settings.address,
-        tun.name,
-        "offload" if tun.offload else "plain",
-        settings.mtu,
-    )
-    stop = StopSignal(on_usr1=lambda: log.info("stats: %s", link.counters.summary()))
-    waker = Waker()
-    lost: list[str] = []
+        tunnel.setup()
+        return tunnel.run()
+    finally:
+        tunnel.teardown()
 
-    def run_receiver() -> None:
-        deliver = make_client_deliver(tun, link, settings.address.ip.packed, args.icmp_reply)
-        try:
-            link.receive_packets(deliver)
-        except LinkClosed as exc:
-            lost.append(str(exc))
-        stop.event.set()
 
-    def run_sender() -> None:
-        try:
-            pump_tun_to_link(tun, link, waker)
-        except LinkClosed as exc:
-            lost.append(str(exc))
-        stop.event.set()
-
-    threads = [
-        threading.Thread(target=run_sender, name="tun-to-socket", daemon=True),
-        threading.Thread(target=run_receiver, name="socket-to-tun", daemon=True),
-    ]
-    for thread in threads:
-        thread.start()
-    stop.event.wait()
-    if stop.signal_name:
-        log.info("%s received, shutting down", stop.signal_name)
-    link.close()
-    waker.wake()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-    tun.close()
-    waker.close()
-    log.info("stats: %s", link.counters.summary())
-    if lost and not stop.signal_name:
-        log.error("connection to the server lost: %s", lost[0])
-        return EXIT_CONNECTION_LOST
+def cmd_cleanup(_args: argparse.Namespace) -> int:
+    require_net_admin()
+    undone = cleanup("client")
+    print(f"undid {undone} change(s) left by a crashed client" if undone else "nothing to clean")
     return 0
+
+
+def cidr(text: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IPv4 network: {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,8 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--icmp-reply", action="store_true", help="answer pings to this client's tunnel address in user space"
     )
+    routing = p.add_mutually_exclusive_group()
+    routing.add_argument("--full-tunnel", action="store_true", help="send all IPv4 traffic through the tunnel")
+    routing.add_argument(
+        "--route",
+        type=cidr,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="send this network through the tunnel (repeatable)",
+    )
+    p.add_argument("--kill-switch", action="store_true", help="block all traffic outside the tunnel until a clean exit")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("cleanup", help="undo routes, firewall and DNS changes left by a crashed client")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_cleanup)
     return parser
 
 

@@ -5,7 +5,9 @@
     server.py add-client NAME --state-dir DIR [--address IP]
     server.py list-clients --state-dir DIR
     server.py remove-client NAME --state-dir DIR
-    server.py run --state-dir DIR [--listen HOST:PORT] [--tun tun0] [--icmp-reply] [--no-offload] [-v]
+    server.py run --state-dir DIR [--listen HOST:PORT] [--tun tun0] [--icmp-reply] [--no-offload]
+                  [--nat [--egress IFACE]] [--dns IP] [-v]
+    server.py cleanup           # undo NAT rules and sysctls left by a crashed run
 
 Threads while running: one accepts connections; one reads the TUN and routes each packet to
 its client's queue; and per client, one receiver (socket -> TUN) and one sender (queue -> socket).
@@ -25,7 +27,9 @@ from collections.abc import Callable
 
 from config import ClientRecord, ServerSettings, ServerState, encode_key, parse_endpoint
 from errors import UserError
+from journal import Journal, cleanup, journal_path
 from messages import ClientHello, SessionSettings
+from nat import enable_nat
 from netsetup import configure_interface
 from runtime import StopSignal, require_net_admin, run_main, setup_logging
 from session import Admission, HandshakeFailed, server_handshake, tune_carrier
@@ -44,9 +48,16 @@ class Server:
     """A running server: the listener, the TUN, the router and the client sessions."""
 
     def __init__(
-        self, state: ServerState, settings: ServerSettings, listener: socket.socket, tun: TunDevice, icmp_reply: bool
+        self,
+        state: ServerState,
+        settings: ServerSettings,
+        listener: socket.socket,
+        tun: TunDevice,
+        icmp_reply: bool,
+        dns: tuple[ipaddress.IPv4Address, ...],
     ) -> None:
         self.state = state
+        self.dns = dns
         self.settings = settings
         self.listener = listener
         self.tun = tun
@@ -56,7 +67,9 @@ class Server:
         self.pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
         self.timestamps: dict[bytes, bytes] = {}
         self.timestamps_lock = threading.Lock()
-        self.admission = Admission(state.private_key(), self.lookup, self.accept_timestamp, self.settings_for)
+        self.admission = Admission(
+            state.private_key(), self.lookup, self.timestamp_is_new, self.confirm_timestamp, self.settings_for
+        )
         self.threads: list[threading.Thread] = []
 
     # -- admission policy ---------------------------------------------------
@@ -70,7 +83,11 @@ class Server:
             return None
         return next((c for c in clients if c.public_key == public_key), None)
 
-    def accept_timestamp(self, public_key: bytes, timestamp: bytes) -> bool:
+    def timestamp_is_new(self, public_key: bytes, timestamp: bytes) -> bool:
+        with self.timestamps_lock:
+            return timestamp > self.timestamps.get(public_key, b"")
+
+    def confirm_timestamp(self, public_key: bytes, timestamp: bytes) -> bool:
         with self.timestamps_lock:
             if timestamp <= self.timestamps.get(public_key, b""):
                 return False
@@ -83,6 +100,7 @@ class Server:
             server_address=self.settings.server_interface.ip,
             mtu=self.settings.mtu,
             offload=self.tun.offload,
+            dns=self.dns,
         )
 
     def _client_interface(self, record: ClientRecord) -> ipaddress.IPv4Interface:
@@ -238,33 +256,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = state.settings()
     state.private_key()
     require_net_admin()
+    journal = Journal(journal_path("server", args.tun))
     listener = bind_listener(args.listen or settings.listen)
+    tun = None
     try:
+        journal.claim("server.py")
         tun = open_tun(args.tun, offload=not args.no_offload)
-    except UserError:
-        listener.close()
-        raise
-    try:
         configure_interface(tun.name, settings.server_interface, settings.mtu)
-    except UserError:
-        tun.close()
+        if args.nat:
+            enable_nat(journal, settings.subnet, tun.name, args.egress)
+        server = Server(state, settings, listener, tun, args.icmp_reply, tuple(args.dns))
+        stop = StopSignal(on_usr1=server.log_stats)
+        server.start()
+        log.info(
+            "serving on %s, %s %s in %s mode%s",
+            args.listen or settings.listen,
+            tun.name,
+            settings.server_interface,
+            "offload" if tun.offload else "plain",
+            ", answering pings in user space" if args.icmp_reply else "",
+        )
+        stop.event.wait()
+        log.info("%s received, shutting down", stop.signal_name)
+        server.stop()
+    finally:
         listener.close()
-        raise
-    server = Server(state, settings, listener, tun, args.icmp_reply)
-    stop = StopSignal(on_usr1=server.log_stats)
-    server.start()
-    log.info(
-        "serving on %s, %s %s in %s mode%s",
-        args.listen or settings.listen,
-        tun.name,
-        settings.server_interface,
-        "offload" if tun.offload else "plain",
-        ", answering pings in user space" if args.icmp_reply else "",
-    )
-    stop.event.wait()
-    log.info("%s received, shutting down", stop.signal_name)
-    server.stop()
+        if tun is not None:
+            tun.close()
+        journal.undo()
     return 0
+
+
+def cmd_cleanup(_args: argparse.Namespace) -> int:
+    require_net_admin()
+    undone = cleanup("server")
+    print(f"undid {undone} change(s) left by a crashed server" if undone else "nothing to clean")
+    return 0
+
+
+def ipv4(text: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IPv4 address: {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,7 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--icmp-reply", action="store_true", help="answer pings to the server's tunnel address in user space"
     )
     p.add_argument("--no-offload", action="store_true", help="plain mode: one packet per frame, no TUN offloads")
+    p.add_argument("--nat", action="store_true", help="be the clients' internet gateway: forward and masquerade")
+    p.add_argument("--egress", metavar="IFACE", help="interface for --nat (default: that of the default route)")
+    p.add_argument("--dns", type=ipv4, action="append", default=[], metavar="IP", help="DNS server pushed to clients")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("cleanup", help="undo NAT rules and sysctls left by a crashed server")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_cleanup)
     return parser
 
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 from config import ClientRecord, Profile, parse_endpoint
 from errors import UserError
-from framing import MAX_HANDSHAKE_BODY, FrameDecoder, FrameError, FrameType, RejectReason, encode_frame
+from framing import MAX_HANDSHAKE_BODY, FrameDecoder, FrameError, FrameType, RejectReason, encode_frame, encode_header
 from handshake import HandshakeError, Initiator, Responder
 from messages import ClientHello, MessageError, SessionSettings, tai64n
-from transport import ReceiveState, SendState
-from tunlib import RECV_BUFFER_SIZE, PeerLink
+from transport import DecryptError, ReceiveState, SendState
+from tunlib import RECV_BUFFER_SIZE, LinkClosed, PeerLink
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,11 @@ def read_handshake_frame(sock: socket.socket, decoder: FrameDecoder, deadline: f
     """
     decoder.max_body = MAX_HANDSHAKE_BODY
     while True:
-        for frame_type, _header, body in decoder.frames():
-            return frame_type, bytes(body)
+        try:
+            for frame_type, _header, body in decoder.frames():
+                return frame_type, bytes(body)
+        except FrameError as exc:
+            raise HandshakeFailed(f"bad handshake frame: {exc}") from None
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise HandshakeFailed("handshake timed out")
@@ -92,11 +95,6 @@ def read_handshake_frame(sock: socket.socket, decoder: FrameDecoder, deadline: f
         if not count:
             raise HandshakeFailed("the peer closed the connection during the handshake")
         decoder.commit(count)
-
-
-def _new_link(sock: socket.socket, send_key: bytes, recv_key: bytes, decoder: FrameDecoder) -> PeerLink:
-    sock.settimeout(None)
-    return PeerLink(sock, SendState(send_key), ReceiveState(recv_key), decoder)
 
 
 # -- client side -----------------------------------------------------------------
@@ -124,13 +122,12 @@ def client_handshake(sock: socket.socket, profile: Profile) -> tuple[SessionSett
     hello = ClientHello(tai64n(time.time_ns()))
     try:
         sock.sendall(encode_frame(FrameType.HANDSHAKE_INIT, initiator.write_init(hello.encode())))
+    except HandshakeError as exc:
+        raise HandshakeFailed(f"cannot start a handshake with the profile's server key: {exc}") from None
     except OSError as exc:
         raise HandshakeFailed(f"sending the handshake failed: {exc.strerror or exc}") from None
     decoder = FrameDecoder(MAX_HANDSHAKE_BODY, RECV_BUFFER_SIZE)
-    try:
-        frame_type, body = read_handshake_frame(sock, decoder, deadline)
-    except FrameError as exc:
-        raise HandshakeFailed(f"bad handshake response: {exc}") from None
+    frame_type, body = read_handshake_frame(sock, decoder, deadline)
     if frame_type == FrameType.REJECT and len(body) == 1 and body[0] in REJECT_MESSAGES:
         raise HandshakeFailed(f"server refused the handshake: {REJECT_MESSAGES[RejectReason(body[0])]}")
     if frame_type != FrameType.HANDSHAKE_RESPONSE:
@@ -144,7 +141,13 @@ def client_handshake(sock: socket.socket, profile: Profile) -> tuple[SessionSett
         ) from None
     except MessageError as exc:
         raise HandshakeFailed(f"bad session settings from the server: {exc}") from None
-    return settings, _new_link(sock, keys.send_key, keys.recv_key, decoder)
+    sock.settimeout(None)
+    link = PeerLink(sock, SendState(keys.send_key), ReceiveState(keys.recv_key), decoder)
+    try:
+        link.send_packets([b""])  # key confirmation: proves to the server that we hold the psk
+    except LinkClosed as exc:
+        raise HandshakeFailed(f"connection lost after the handshake: {exc}") from None
+    return settings, link
 
 
 # -- server side -----------------------------------------------------------------
@@ -154,13 +157,16 @@ def client_handshake(sock: socket.socket, profile: Profile) -> tuple[SessionSett
 class Admission:
     """What the server knows about who may connect, shared by all handshake threads.
 
-    ``accept_timestamp`` enforces the replay rule atomically: it returns True and records the
-    timestamp only if it is newer than the last one seen from that key.
+    The replay rule has two halves. ``timestamp_is_new`` answers whether a message 1 is newer
+    than the last *confirmed* one from that key; ``confirm_timestamp`` records it, and is called
+    only once the client has proved it holds the session keys (and so the psk). A forged or
+    replayed message 1 therefore never changes what the server remembers.
     """
 
     static_private: bytes
     lookup: Callable[[bytes], ClientRecord | None]
-    accept_timestamp: Callable[[bytes, bytes], bool]
+    timestamp_is_new: Callable[[bytes, bytes], bool]
+    confirm_timestamp: Callable[[bytes, bytes], bool]
     settings_for: Callable[[ClientRecord, ClientHello], SessionSettings]
 
 
@@ -173,10 +179,7 @@ def server_handshake(sock: socket.socket, admission: Admission) -> tuple[ClientR
     """Run the responder's side on an accepted socket; raise HandshakeFailed to refuse."""
     deadline = time.monotonic() + HANDSHAKE_TIMEOUT
     decoder = FrameDecoder(MAX_HANDSHAKE_BODY, RECV_BUFFER_SIZE)
-    try:
-        frame_type, body = read_handshake_frame(sock, decoder, deadline)
-    except FrameError as exc:
-        raise HandshakeFailed(str(exc)) from None
+    frame_type, body = read_handshake_frame(sock, decoder, deadline)
     if frame_type != FrameType.HANDSHAKE_INIT:
         raise HandshakeFailed(f"expected a handshake, got frame type {frame_type}")
     responder = Responder(admission.static_private, PROLOGUE)
@@ -194,7 +197,7 @@ def server_handshake(sock: socket.socket, admission: Admission) -> tuple[ClientR
     except MessageError as exc:
         _reject(sock, RejectReason.BAD_HELLO)
         raise HandshakeFailed(f"client {record.name}: {exc}") from None
-    if not admission.accept_timestamp(client_key, hello.timestamp):
+    if not admission.timestamp_is_new(client_key, hello.timestamp):
         _reject(sock, RejectReason.STALE_TIMESTAMP)
         raise HandshakeFailed(f"client {record.name}: replayed or stale handshake")
     settings = admission.settings_for(record, hello)
@@ -203,4 +206,27 @@ def server_handshake(sock: socket.socket, admission: Admission) -> tuple[ClientR
         sock.sendall(encode_frame(FrameType.HANDSHAKE_RESPONSE, message))
     except OSError as exc:
         raise HandshakeFailed(f"client {record.name}: sending the response failed: {exc.strerror}") from None
-    return record, settings, _new_link(sock, keys.send_key, keys.recv_key, decoder)
+    receive = ReceiveState(keys.recv_key)
+    _await_confirmation(sock, decoder, receive, deadline, record.name)
+    if not admission.confirm_timestamp(client_key, hello.timestamp):
+        raise HandshakeFailed(f"client {record.name}: a newer handshake from this client won the race")
+    sock.settimeout(None)
+    return record, settings, PeerLink(sock, SendState(keys.send_key), receive, decoder)
+
+
+def _await_confirmation(
+    sock: socket.socket, decoder: FrameDecoder, receive: ReceiveState, deadline: float, name: str
+) -> None:
+    """Wait for the client's first DATA frame (empty) and check that it authenticates.
+
+    Until then the server has only seen message 1, which anyone holding the client's static
+    key could make; the first frame proves the client also has the psk. Only then does the
+    new session replace an existing one (as WireGuard waits for the first data packet).
+    """
+    frame_type, body = read_handshake_frame(sock, decoder, deadline)
+    if frame_type != FrameType.DATA:
+        raise HandshakeFailed(f"client {name}: expected key confirmation, got frame type {frame_type}")
+    try:
+        receive.open(encode_header(FrameType.DATA, len(body)), body)
+    except DecryptError:
+        raise HandshakeFailed(f"client {name}: key confirmation failed (wrong preshared key?)") from None

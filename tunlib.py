@@ -104,7 +104,10 @@ class PeerLink:
         """
         if self._out_len + HEADER_LEN + len(packet) + AEAD_TAG_LEN > SEND_BUFFER_SIZE:
             self.flush()
-        self._out_len += self._send.seal_into(packet, self._out[self._out_len :])
+        try:
+            self._out_len += self._send.seal_into(packet, self._out[self._out_len :])
+        except NonceExhausted as exc:
+            raise LinkClosed(str(exc)) from None
 
     def flush(self) -> None:
         """Send every frame collected so far with one ``sendall``."""
@@ -178,6 +181,12 @@ class Waker:
     def wake(self) -> None:
         with contextlib.suppress(OSError):
             os.write(self.write_fd, b"x")
+
+    def drain(self) -> None:
+        """Re-arm after a wake, so the next session's threads sleep again."""
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.read_fd, 64):
+                pass
 
     def close(self) -> None:
         os.close(self.read_fd)
