@@ -99,7 +99,7 @@ class Tunnel:
         """Carry packets until the link fails (returns why) or a signal arrives (returns None)."""
         assert self.tun is not None and self.settings is not None
         tun, lost = self.tun, []
-        done = self.stop.event
+        done = self.stop
 
         def receiver() -> None:
             deliver = make_client_deliver(tun, link, self.settings.address.ip.packed, self.args.icmp_reply)
@@ -137,14 +137,14 @@ class Tunnel:
     def reconnect(self) -> PeerLink | None:
         """Dial again with backoff until it works or a signal arrives."""
         attempt = 0
-        while not self.stop.event.is_set():
+        while not self.stop.is_set():
             try:
                 settings, link = self.connect()
             except UserError as exc:
                 delay = RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)]
                 log.warning("reconnect failed (%s); retrying in %d s", exc, delay)
                 attempt += 1
-                self.stop.event.wait(delay)
+                self.stop.wait(delay)
                 continue
             if (settings.address, settings.mtu, settings.offload) != (
                 self.settings.address,

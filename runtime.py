@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import signal
 import sys
-import threading
 from collections.abc import Callable
 
 from errors import UserError
@@ -38,13 +39,16 @@ def require_net_admin() -> None:
 
 
 class StopSignal:
-    """SIGINT and SIGTERM set an event the main thread waits on; SIGUSR1 calls ``on_usr1``.
+    """A stop flag that signal handlers and threads can both raise.
 
-    Handlers only set flags: the shutdown itself runs in the main thread, in order.
+    SIGINT and SIGTERM raise it; SIGUSR1 calls ``on_usr1``. It is a pipe, not a
+    ``threading.Event``: a signal handler runs in the main thread between two bytecodes, possibly
+    while that thread holds the Event's internal lock inside ``wait()``, and setting the Event
+    there would deadlock. Writing a byte to a pipe is safe anywhere.
     """
 
     def __init__(self, on_usr1: Callable[[], None] | None = None) -> None:
-        self.event = threading.Event()
+        self._read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.signal_name = ""
         signal.signal(signal.SIGINT, self._handle)
         signal.signal(signal.SIGTERM, self._handle)
@@ -53,7 +57,24 @@ class StopSignal:
 
     def _handle(self, signum: int, _frame: object) -> None:
         self.signal_name = signal.Signals(signum).name
-        self.event.set()
+        self.set()
+
+    def set(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._write_fd, b"x")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until the flag is raised (True) or ``timeout`` seconds pass (False)."""
+        readable, _, _ = select.select([self._read_fd], [], [], timeout)
+        return bool(readable)
+
+    def is_set(self) -> bool:
+        return self.wait(0)
+
+    def clear(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read_fd, 64):
+                pass
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:

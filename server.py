@@ -49,6 +49,7 @@ class Server:
 
     def __init__(
         self,
+        *,
         state: ServerState,
         settings: ServerSettings,
         listener: socket.socket,
@@ -265,7 +266,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         configure_interface(tun.name, settings.server_interface, settings.mtu)
         if args.nat:
             enable_nat(journal, settings.subnet, tun.name, args.egress)
-        server = Server(state, settings, listener, tun, args.icmp_reply, tuple(args.dns))
+        server = Server(
+            state=state,
+            settings=settings,
+            listener=listener,
+            tun=tun,
+            icmp_reply=args.icmp_reply,
+            dns=tuple(args.dns),
+        )
         stop = StopSignal(on_usr1=server.log_stats)
         server.start()
         log.info(
@@ -276,7 +284,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "offload" if tun.offload else "plain",
             ", answering pings in user space" if args.icmp_reply else "",
         )
-        stop.event.wait()
+        stop.wait()
         log.info("%s received, shutting down", stop.signal_name)
         server.stop()
     finally:
