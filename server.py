@@ -163,9 +163,7 @@ class Server:
             self.router.detach(session)
             session.close()
             sender.join(SHUTDOWN_JOIN_TIMEOUT)
-            log.info(
-                "client %s stats: %s dropped_queue_full=%d", record.name, link.counters.summary(), session.queue.dropped
-            )
+            log.info("client %s stats: %s", record.name, session.stats())
 
     def _run_sender(self, session: ClientSession) -> None:
         try:
@@ -177,7 +175,7 @@ class Server:
         sessions = list(self.router.sessions.values())
         log.info("server stats: %s; clients connected: %d", self.router.counters.summary(), len(sessions))
         for s in sessions:
-            log.info("client %s stats: %s", s.name, s.link.counters.summary())
+            log.info("client %s stats: %s", s.name, s.stats())
 
     def stop(self) -> None:
         """Close everything in an order that wakes every thread, then remove the TUN."""

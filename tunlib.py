@@ -64,7 +64,6 @@ class Counters:
     dropped_malformed: int = 0
     dropped_spoofed: int = 0
     dropped_no_route: int = 0
-    dropped_queue_full: int = 0
     dropped_bad_vnet: int = 0
     dropped_tun_write: int = 0
     icmp_replies: int = 0
@@ -255,7 +254,7 @@ class PacketQueue:
         self.dropped = 0
 
     def put(self, packet: bytes) -> bool:
-        """Queue ``packet``; return False (and count it) if the queue is full."""
+        """Queue ``packet``; return False, counting it in ``dropped``, if the queue is full."""
         if len(self._items) >= self.limit:
             self.dropped += 1
             return False
@@ -356,6 +355,10 @@ class ClientSession:
         self.queue = PacketQueue()
         self.threads: list[threading.Thread] = []
 
+    def stats(self) -> str:
+        drops = f" dropped_queue_full={self.queue.dropped}" if self.queue.dropped else ""
+        return self.link.counters.summary() + drops
+
     def close(self) -> None:
         self.queue.close()
         self.link.close()
@@ -412,8 +415,8 @@ class ServerRouter:
                 session = sessions.get(packet[offset + 16 : offset + 20])
                 if session is None:
                     counters.dropped_no_route += 1
-                elif not session.queue.put(packet):
-                    counters.dropped_queue_full += 1
+                else:
+                    session.queue.put(packet)  # a full queue drops and counts it
 
     def make_deliver(self, session: ClientSession) -> Callable[[memoryview], None]:
         """The per-packet step of one client's receiver thread."""
@@ -435,8 +438,7 @@ class ServerRouter:
             dst = bytes(packet[dst_slice])
             peer = sessions.get(dst)
             if peer is not None:
-                if not peer.queue.put(bytes(packet)):
-                    counters.dropped_queue_full += 1
+                peer.queue.put(bytes(packet))
                 return
             if answer_icmp and dst == own:
                 reply = icmp_reply(packet, own, offset)
