@@ -18,10 +18,19 @@ SERVER_VETH_ADDR=192.0.2.1/24
 CLIENT_VETH_ADDR=192.0.2.2/24
 CLIENT_NAME=client1
 UP_TIMEOUT=15
+# --gateway: the two ends sit on different networks, joined by an "internet" namespace that routes
+# between them and hosts a web server. All TEST-NET (RFC 5737): client side 198.51.100.0/24,
+# server side 203.0.113.0/24, the web server 192.0.2.80 (a /32 on the internet's loopback).
+GW_CLIENT_VETH_ADDR=198.51.100.2/24
+GW_INET_CLIENT_ADDR=198.51.100.1/24
+GW_SERVER_VETH_ADDR=203.0.113.2/24
+GW_INET_SERVER_ADDR=203.0.113.1/24
+GW_WEB_ADDR=192.0.2.80
+GW_DNS_ADDR=192.0.2.53
 
 usage() {
     cat <<EOF
-Usage: sudo bash $PROG [--flat] [--no-offload] [--background | --foreground]
+Usage: sudo bash $PROG [--flat | --gateway] [--no-offload] [--background | --foreground]
        sudo bash $PROG --down
 Options: [--name PREFIX] [--lab-dir DIR] with any of the above.
 
@@ -36,6 +45,12 @@ Builds a tunlib lab on this machine and leaves it running:
                       are then local, so only pings bound to a TUN (ping -I $SERVER_TUN ...) cross
                       the tunnel; the namespace gets accept_local=1 and rp_filter=0 so that their
                       replies are not dropped as martians.
+  --gateway           the server as the client's internet gateway: a third namespace PREFIX-inet
+                      routes between the client (PREFIX-cli ${GW_CLIENT_VETH_ADDR%/*}) and the server
+                      (PREFIX-srv ${GW_SERVER_VETH_ADDR%/*}) and runs a web server on $GW_WEB_ADDR
+                      (python3 -m http.server, log web.log). server.py runs with --nat --dns $GW_DNS_ADDR,
+                      client.py with --full-tunnel: the client's fetches reach the web server from
+                      the server's address.
   --no-offload        run the server in plain mode (one packet per frame, no TUN offloads).
   --background        start the lab, print what to try, and exit; the lab keeps running.
                       This is the default when stdin is not a terminal.
@@ -46,7 +61,7 @@ Builds a tunlib lab on this machine and leaves it running:
   -h, --help          this text.
 
 Files in the lab directory: state/ (server keys, mode 0700), $CLIENT_NAME.conf (client profile,
-mode 0600), server.log, client.log, and lab.env (names and PIDs, read by test_vpn.sh and --down).
+mode 0600), server.log, client.log, (--gateway) www/ and web.log, and lab.env (names and PIDs, read by test_vpn.sh and --down).
 Needs root: it creates namespaces and TUN devices. Nothing is changed outside the namespaces
 except /etc/netns/NAME/ (each namespace's own resolv.conf), removed again at teardown.
 EOF
@@ -72,7 +87,14 @@ PREFIX=tunlib
 LAB_DIR=$ROOT/lab
 while [ $# -gt 0 ]; do
     case "$1" in
-        --flat) MODE=flat ;;
+        --flat)
+            [ "$MODE" = gateway ] && die "--flat and --gateway cannot be combined"
+            MODE=flat
+            ;;
+        --gateway)
+            [ "$MODE" = flat ] && die "--flat and --gateway cannot be combined"
+            MODE=gateway
+            ;;
         --no-offload) OFFLOAD=off ;;
         --background) RUN_MODE=background ;;
         --foreground) RUN_MODE=foreground ;;
@@ -106,6 +128,8 @@ LAB_DIR=$(cd "$LAB_DIR" && pwd)
 STATE_FILE=$LAB_DIR/lab.env
 SERVER_LOG=$LAB_DIR/server.log
 CLIENT_LOG=$LAB_DIR/client.log
+WEB_LOG=$LAB_DIR/web.log
+WEB_ROOT=$LAB_DIR/www
 STATE_DIR=$LAB_DIR/state
 PROFILE=$LAB_DIR/$CLIENT_NAME.conf
 
@@ -116,6 +140,7 @@ LAB_OPTS=""
 UP_OPTS=$LAB_OPTS
 [ "$PREFIX" = tunlib ] || UP_OPTS="$UP_OPTS --name $PREFIX"
 [ "$MODE" = flat ] && UP_OPTS="$UP_OPTS --flat"
+[ "$MODE" = gateway ] && UP_OPTS="$UP_OPTS --gateway"
 [ "$OFFLOAD" = off ] && UP_OPTS="$UP_OPTS --no-offload"
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +148,7 @@ UP_OPTS=$LAB_OPTS
 
 SERVER_PID=""
 CLIENT_PID=""
+WEB_PID=""
 NAMESPACES=""
 SLEEP_PID=""
 
@@ -168,6 +194,7 @@ teardown() {
     [ -n "$SLEEP_PID" ] && kill "$SLEEP_PID" 2>/dev/null
     stop_process "$CLIENT_PID" "$PROFILE" "client.py"
     stop_process "$SERVER_PID" "$STATE_DIR" "server.py"
+    stop_process "$WEB_PID" "$WEB_ROOT" "the web server"
     for ns in $NAMESPACES; do
         if namespace_exists "$ns"; then
             ip netns del "$ns" || say "could not delete namespace $ns"
@@ -178,6 +205,7 @@ teardown() {
     NAMESPACES=""
     SERVER_PID=""
     CLIENT_PID=""
+    WEB_PID=""
 }
 
 if [ "$ACTION" = down ]; then
@@ -199,6 +227,7 @@ if [ "$ACTION" = down ]; then
     NAMESPACES=$LAB_NAMESPACES
     SERVER_PID=$LAB_SERVER_PID
     CLIENT_PID=$LAB_CLIENT_PID
+    WEB_PID=${LAB_WEB_PID:-}
     teardown
     for ns in $LAB_NAMESPACES; do
         namespace_exists "$ns" && die "namespace $ns is still there after teardown"
@@ -215,6 +244,16 @@ if [ "$MODE" = flat ]; then
     CLIENT_NS=$PREFIX-flat
     WANTED="$SERVER_NS"
     LISTEN=127.0.0.1:$PORT
+elif [ "$MODE" = gateway ]; then
+    SERVER_NS=$PREFIX-server
+    CLIENT_NS=$PREFIX-client
+    INET_NS=$PREFIX-inet
+    SERVER_VETH=$PREFIX-srv
+    CLIENT_VETH=$PREFIX-cli
+    INET_SERVER_VETH=$PREFIX-is
+    INET_CLIENT_VETH=$PREFIX-ic
+    WANTED="$SERVER_NS $CLIENT_NS $INET_NS"
+    LISTEN=${GW_SERVER_VETH_ADDR%/*}:$PORT
 else
     SERVER_NS=$PREFIX-server
     CLIENT_NS=$PREFIX-client
@@ -249,7 +288,7 @@ on_exit() {
     if [ -n "$NAMESPACES" ]; then
         say "tearing down the lab"
         teardown
-        ip netns list | awk '{print $1}' | grep -qxF -e "$SERVER_NS" -e "$CLIENT_NS" &&
+        ip netns list | awk '{print $1}' | grep -qxF -e "$SERVER_NS" -e "$CLIENT_NS" -e "${INET_NS:-$SERVER_NS}" &&
             say "warning: a namespace survived teardown: ip netns list"
     fi
     exit "$rc"
@@ -271,7 +310,7 @@ trap 'on_signal SIGHUP' HUP
 fail() {
     local log
     say "error: $*"
-    for log in "$SERVER_LOG" "$CLIENT_LOG"; do
+    for log in "$SERVER_LOG" "$CLIENT_LOG" "$WEB_LOG"; do
         if [ -s "$log" ]; then
             printf -- '--- last lines of %s:\n' "$log" >&2
             tail -n 15 "$log" >&2
@@ -302,6 +341,9 @@ write_state() {
         printf 'LAB_SERVER_LOG=%q\n' "$SERVER_LOG"
         printf 'LAB_CLIENT_LOG=%q\n' "$CLIENT_LOG"
         printf 'LAB_OWNER_PID=%q\n' "$OWNER_PID"
+        printf 'LAB_INET_NS=%q\n' "${INET_NS:-}"
+        printf 'LAB_WEB_PID=%q\n' "$WEB_PID"
+        printf 'LAB_WEB_LOG=%q\n' "$WEB_LOG"
     } >"$STATE_FILE.tmp" && mv "$STATE_FILE.tmp" "$STATE_FILE"
 }
 
@@ -326,6 +368,28 @@ if [ "$MODE" = flat ]; then
     ip netns exec "$SERVER_NS" sysctl -q -w net.ipv4.conf.all.accept_local=1 net.ipv4.conf.default.accept_local=1 \
         net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 ||
         fail "cannot set accept_local/rp_filter in $SERVER_NS"
+elif [ "$MODE" = gateway ]; then
+    add_namespace "$SERVER_NS"
+    add_namespace "$CLIENT_NS"
+    add_namespace "$INET_NS"
+    ip link add "$SERVER_VETH" netns "$SERVER_NS" type veth peer name "$INET_SERVER_VETH" netns "$INET_NS" &&
+        ip link add "$CLIENT_VETH" netns "$CLIENT_NS" type veth peer name "$INET_CLIENT_VETH" netns "$INET_NS" ||
+        fail "cannot create the veth pairs"
+    # The internet routes between the two networks and owns the web server's address; each end
+    # has a default route to it, like a host behind its ISP's router.
+    ip -n "$SERVER_NS" address add "$GW_SERVER_VETH_ADDR" dev "$SERVER_VETH" &&
+        ip -n "$CLIENT_NS" address add "$GW_CLIENT_VETH_ADDR" dev "$CLIENT_VETH" &&
+        ip -n "$INET_NS" address add "$GW_INET_SERVER_ADDR" dev "$INET_SERVER_VETH" &&
+        ip -n "$INET_NS" address add "$GW_INET_CLIENT_ADDR" dev "$INET_CLIENT_VETH" &&
+        ip -n "$INET_NS" address add "$GW_WEB_ADDR/32" dev lo &&
+        ip -n "$SERVER_NS" link set "$SERVER_VETH" up &&
+        ip -n "$CLIENT_NS" link set "$CLIENT_VETH" up &&
+        ip -n "$INET_NS" link set "$INET_SERVER_VETH" up &&
+        ip -n "$INET_NS" link set "$INET_CLIENT_VETH" up &&
+        ip -n "$SERVER_NS" route add default via "${GW_INET_SERVER_ADDR%/*}" &&
+        ip -n "$CLIENT_NS" route add default via "${GW_INET_CLIENT_ADDR%/*}" &&
+        ip netns exec "$INET_NS" sysctl -q -w net.ipv4.ip_forward=1 ||
+        fail "cannot configure the gateway lab's links"
 else
     add_namespace "$SERVER_NS"
     add_namespace "$CLIENT_NS"
@@ -353,6 +417,7 @@ SERVER_OPTS=()
 CLIENT_OPTS=()
 [ "$OFFLOAD" = off ] && SERVER_OPTS+=(--no-offload)
 [ "$MODE" = flat ] && SERVER_OPTS+=(--icmp-reply) && CLIENT_OPTS+=(--icmp-reply)
+[ "$MODE" = gateway ] && SERVER_OPTS+=(--nat --dns "$GW_DNS_ADDR") && CLIENT_OPTS+=(--full-tunnel)
 
 # setsid: the tunnel processes get their own session, so a Ctrl+C typed at this terminal reaches
 # only this script, which then stops them in order; and in --background mode they outlive it.
@@ -371,6 +436,20 @@ wait_for_log() { # PID LOG PATTERN WHAT
 }
 wait_for_log "$SERVER_PID" "$SERVER_LOG" "serving on" "server.py"
 
+if [ "$MODE" = gateway ]; then
+    # http.server logs one line per request, starting with the address the request came from.
+    rm -rf "$WEB_ROOT" && mkdir -p "$WEB_ROOT" || fail "cannot create $WEB_ROOT"
+    echo "hello from the internet ($GW_WEB_ADDR)" >"$WEB_ROOT/index.html"
+    head -c 20M /dev/urandom >"$WEB_ROOT/20M.bin" && (cd "$WEB_ROOT" && sha256sum 20M.bin >20M.bin.sha256) ||
+        fail "cannot write the test download in $WEB_ROOT"
+    : >"$WEB_LOG"
+    setsid ip netns exec "$INET_NS" "$PY" -u -m http.server 80 --bind "$GW_WEB_ADDR" --directory "$WEB_ROOT" \
+        </dev/null >>"$WEB_LOG" 2>&1 &
+    WEB_PID=$!
+    write_state
+    wait_for_log "$WEB_PID" "$WEB_LOG" "Serving HTTP" "the web server"
+fi
+
 setsid ip netns exec "$CLIENT_NS" "$PY" "$ROOT/client.py" run --config "$PROFILE" --tun "$CLIENT_TUN" \
     "${CLIENT_OPTS[@]}" </dev/null >>"$CLIENT_LOG" 2>&1 &
 CLIENT_PID=$!
@@ -386,6 +465,16 @@ until "${ping_cmd[@]}" "${SERVER_TUN_ADDR%/*}" >/dev/null 2>&1; do
     alive "$CLIENT_PID" || fail "client.py exited (log: $CLIENT_LOG)"
     [ "$SECONDS" -lt "$deadline" ] || fail "no ping crossed the tunnel within ${UP_TIMEOUT}s: ${ping_cmd[*]} ${SERVER_TUN_ADDR%/*}"
 done
+
+# Gateway mode: one fetch proves the whole path, arriving at the web server from the server's address.
+FETCH_PY='import sys, urllib.request as u; print(u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=5).read().decode(), end="")'
+if [ "$MODE" = gateway ]; then
+    ip netns exec "$CLIENT_NS" "$PY" -c "$FETCH_PY" "http://$GW_WEB_ADDR/" >/dev/null 2>&1 ||
+        fail "the client could not fetch http://$GW_WEB_ADDR/ through the tunnel (log: $WEB_LOG)"
+    seen_from=$(tail -n 1 "$WEB_LOG" | awk '{print $1}')
+    [ "$seen_from" = "${GW_SERVER_VETH_ADDR%/*}" ] ||
+        fail "the web server saw the client's fetch come from '$seen_from', not from the server ${GW_SERVER_VETH_ADDR%/*}"
+fi
 STARTED=yes
 
 # ---------------------------------------------------------------------------------------------
@@ -418,6 +507,45 @@ Try (as root, in another terminal):
 
   # Counters: interface statistics, and the programs' own ("stats: ..." lines in the logs)
   ip -n $SERVER_NS -s link show $SERVER_TUN
+  kill -USR1 $SERVER_PID $CLIENT_PID; tail -n 3 $SERVER_LOG $CLIENT_LOG
+EOF
+elif [ "$MODE" = gateway ]; then
+    SV=${GW_SERVER_VETH_ADDR%/*}
+    CV=${GW_CLIENT_VETH_ADDR%/*}
+    cat <<EOF
+
+tunlib demo is up: gateway lab (offload $OFFLOAD); the server is the client's way to the internet.
+  client    namespace $CLIENT_NS: veth $CLIENT_VETH $CV, TUN $CLIENT_TUN $C, client.py --full-tunnel PID $CLIENT_PID
+  internet  namespace $INET_NS: routes $CV <-> $SV, web server $GW_WEB_ADDR:80 PID $WEB_PID
+  server    namespace $SERVER_NS: veth $SERVER_VETH $SV, TUN $SERVER_TUN $S, server.py --nat --dns $GW_DNS_ADDR PID $SERVER_PID
+
+Try (as root, in another terminal):
+  # Fetch a page from the client, then see who the web server says asked: the SERVER's address
+  # $SV (its NAT), not the client's $CV, because the request went through the tunnel.
+  ip netns exec $CLIENT_NS curl -s http://$GW_WEB_ADDR/
+  ip netns exec $CLIENT_NS $PY -c '$FETCH_PY' http://$GW_WEB_ADDR/      # the same, without curl
+  tail -n 2 $WEB_LOG
+
+  # How: two half routes (0.0.0.0/1, 128.0.0.0/1) send everything into the TUN, and a host route
+  # keeps the carrier to $SV on the veth; the server forwards and masquerades (one nftables table).
+  ip -n $CLIENT_NS route
+  ip netns exec $SERVER_NS nft list table ip tunlib_nat_$SERVER_TUN
+
+  # 20 MB through the tunnel and the server's NAT, checked against the original
+  ip netns exec $CLIENT_NS curl -s http://$GW_WEB_ADDR/20M.bin | sha256sum; cat $WEB_ROOT/20M.bin.sha256
+
+  # On the wire the client only talks to the server: start the capture, then fetch again.
+  # Expect TCP $CV <-> $SV.$PORT only, never $GW_WEB_ADDR.
+  ip netns exec $CLIENT_NS tcpdump -ni $CLIENT_VETH -c 6 not arp and not ip6
+
+  # The pushed DNS server replaces the client's resolv.conf while the tunnel is up (restored on
+  # exit). Nothing answers on $GW_DNS_ADDR in this lab, but a capture in the internet namespace
+  # shows the query arriving from the server's address $SV:
+  ip netns exec $CLIENT_NS cat /etc/resolv.conf
+  ip netns exec $INET_NS tcpdump -ni any -c 1 udp port 53 & sleep 1; ip netns exec $CLIENT_NS timeout 3 getent hosts www.tunlib.test
+
+  # Pings through the tunnel, and counters ("stats: ..." lines in the logs)
+  ip netns exec $CLIENT_NS ping -c 3 $S
   kill -USR1 $SERVER_PID $CLIENT_PID; tail -n 3 $SERVER_LOG $CLIENT_LOG
 EOF
 else
@@ -476,5 +604,9 @@ while true; do
     if ! alive "$CLIENT_PID"; then
         STARTED=no
         fail "client.py (PID $CLIENT_PID) exited; tearing down"
+    fi
+    if [ -n "$WEB_PID" ] && ! alive "$WEB_PID"; then
+        STARTED=no
+        fail "the web server (PID $WEB_PID) exited; tearing down"
     fi
 done
