@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
 
 from config import Profile, parse_endpoint
 from errors import UserError
@@ -39,6 +40,17 @@ log = logging.getLogger("client")
 JOIN_TIMEOUT = 1.0
 RECONNECT_BACKOFF = (1, 2, 4, 8, 15, 30)
 """Seconds between reconnect attempts; the last value repeats."""
+STABLE_SESSION = 10.0
+"""A session that ended sooner counts as a failure for the backoff, so two machines sharing one
+profile (each new session displaces the other) retry slowly instead of fighting in a loop."""
+
+
+class ConnectError(UserError):
+    """Dialing or the handshake failed; ``permanent`` when retrying cannot help."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class Tunnel:
@@ -57,6 +69,8 @@ class Tunnel:
         self.settings: SessionSettings | None = None
         self.link: PeerLink | None = None
         self.waker = Waker()
+        self.failures = 0
+        """Consecutive failed connects or short sessions: the backoff position."""
 
     def log_stats(self) -> None:
         if self.link is not None:
@@ -68,7 +82,7 @@ class Tunnel:
             return client_handshake(sock, self.profile)
         except HandshakeFailed as exc:
             sock.close()
-            raise UserError(f"handshake with {self.endpoint} failed: {exc}") from None
+            raise ConnectError(f"handshake with {self.endpoint} failed: {exc}", exc.permanent) from None
 
     def setup(self) -> None:
         """Everything before the first packet flows; any failure leaves nothing behind."""
@@ -135,24 +149,29 @@ class Tunnel:
         return lost[0] if lost else "session ended"
 
     def reconnect(self) -> PeerLink | None:
-        """Dial again with backoff until it works or a signal arrives."""
-        attempt = 0
+        """Dial again, with backoff after failures, until it works or a signal arrives.
+
+        Gives up (raising) when the server refuses us for good, or changed our settings.
+        """
         while not self.stop.is_set():
+            if self.failures:
+                delay = RECONNECT_BACKOFF[min(self.failures, len(RECONNECT_BACKOFF)) - 1]
+                log.info("reconnecting in %d s", delay)
+                if self.stop.wait(delay):
+                    return None
             try:
                 settings, link = self.connect()
             except UserError as exc:
-                delay = RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)]
-                log.warning("reconnect failed (%s); retrying in %d s", exc, delay)
-                attempt += 1
-                self.stop.wait(delay)
+                if isinstance(exc, ConnectError) and exc.permanent:
+                    raise
+                log.warning("reconnect failed: %s", exc)
+                self.failures += 1
                 continue
-            if (settings.address, settings.mtu, settings.offload) != (
-                self.settings.address,
-                self.settings.mtu,
-                self.settings.offload,
-            ):
+            if settings != self.settings:
                 link.close()
-                raise UserError("the server changed this client's address, MTU or mode; restart the client")
+                raise UserError(
+                    "the server changed this client's settings (address, MTU, mode, DNS): restart the client"
+                )
             log.info("reconnected to %s", self.endpoint)
             return link
         return None
@@ -161,10 +180,12 @@ class Tunnel:
         link = self.link
         while link is not None:
             self.link = link
+            started = time.monotonic()
             reason = self.run_session(link)
             if reason is None:
                 break
-            log.warning("connection to the server lost: %s; reconnecting", reason)
+            self.failures = 0 if time.monotonic() - started >= STABLE_SESSION else self.failures + 1
+            log.warning("connection to the server lost: %s", reason)
             link = self.reconnect()
         log.info("%s received, shutting down", self.stop.signal_name or "stop")
         return 0

@@ -58,7 +58,7 @@ class RejectReason(IntEnum):
     UNKNOWN_CLIENT = 2
     """The client's static key is not registered on this server."""
     STALE_TIMESTAMP = 3
-    """The timestamp is not newer than the last one seen: a replay, or a client clock gone back."""
+    """The timestamp is not newer than the last confirmed one: a replay, or a client clock gone back."""
     BAD_HELLO = 4
     """The handshake payload could not be parsed."""
 

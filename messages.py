@@ -1,8 +1,8 @@
 """What the two handshake messages carry inside their encrypted payloads.
 
 Message 1 (client to server) carries a TAI64N timestamp and a JSON object for extensions. The server
-keeps the newest timestamp it has seen from each client and refuses any message 1 that is not
-newer, so a recorded message 1 replayed later cannot open a session (WireGuard does the same).
+keeps the newest timestamp of each client's confirmed sessions and refuses any message 1 that is
+not newer, so a recorded message 1 replayed later cannot open a session (as in WireGuard).
 
 Message 2 (server to client) carries the session settings as JSON: the client's tunnel
 address, the MTU and the data-path mode. Later features (routes, DNS) add keys; unknown keys

@@ -42,6 +42,9 @@ MAX_PENDING_HANDSHAKES = 64
 """Connections still in their handshake at once. Past this, new ones are closed at once, so
 a flood of idle connections cannot exhaust threads; established sessions are unaffected."""
 SHUTDOWN_JOIN_TIMEOUT = 1.0
+REGISTRY_POLL_INTERVAL = 2.0
+MAX_DNS_SERVERS = 3
+"""glibc's resolver reads at most three nameserver lines (MAXNS)."""
 
 
 class Server:
@@ -111,12 +114,30 @@ class Server:
     def start(self) -> None:
         self._spawn("tun-reader", self.router.pump_tun, self.waker)
         self._spawn("acceptor", self.accept_loop)
+        self._spawn("registry-watch", self.watch_registry)
 
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         self.threads.append(thread)
         return thread
+
+    def watch_registry(self) -> None:
+        """Close the sessions of clients removed from the registry while connected.
+
+        Handshakes read the registry anyway; this makes ``remove-client`` cut an established
+        session too (within REGISTRY_POLL_INTERVAL), as removing a WireGuard peer does.
+        """
+        while not self.stopping.wait(REGISTRY_POLL_INTERVAL):
+            try:
+                registered = {(c.public_key, c.address.packed) for c in self.state.clients()}
+            except UserError as exc:
+                log.error("client registry: %s", exc)
+                continue
+            for session in list(self.router.sessions.values()):
+                if (session.public_key, session.address) not in registered:
+                    log.info("client %s is no longer registered; closing its session", session.name)
+                    session.close()
 
     def accept_loop(self) -> None:
         while not self.stopping.is_set():
@@ -146,7 +167,7 @@ class Server:
             return
         finally:
             self.pending.release()
-        session = ClientSession(record.name, record.address.packed, link)
+        session = ClientSession(record.name, record.public_key, record.address.packed, link)
         replaced = self.router.attach(session)
         if replaced is not None:
             log.info("client %s reconnected; closing its previous connection", record.name)
@@ -246,7 +267,7 @@ def cmd_list_clients(args: argparse.Namespace) -> int:
 
 def cmd_remove_client(args: argparse.Namespace) -> int:
     ServerState(args.state_dir).remove_client(args.name)
-    log.info("removed client %s; its next handshake will be refused", args.name)
+    log.info("removed client %s: a running server refuses its handshakes and ends its session", args.name)
     return 0
 
 
@@ -254,6 +275,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     state = ServerState(args.state_dir)
     settings = state.settings()
     state.private_key()
+    if len(args.dns) > MAX_DNS_SERVERS:
+        raise UserError(f"at most {MAX_DNS_SERVERS} --dns servers (the resolver reads no more)")
     require_net_admin()
     journal = Journal(journal_path("server", args.tun))
     listener = bind_listener(args.listen or settings.listen)

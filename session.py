@@ -6,7 +6,8 @@ This is the I/O around :mod:`handshake` (which only turns bytes into bytes)::
       | -- HANDSHAKE_INIT   (Noise msg 1: hello) -->  |  decrypt, look up client key,
       |                                               |  check the timestamp is newer
       | <-- HANDSHAKE_RESPONSE (msg 2: settings) ---  |
-      | <== DATA frames, both ways ===============>   |
+      | -- DATA, empty (key confirmation) --------->  |  record the timestamp, route to
+      | <== DATA frames, both ways ===============>   |  this client from now on
 
 The whole exchange must finish within HANDSHAKE_TIMEOUT and each message within
 MAX_HANDSHAKE_BODY bytes, so a silent or chatty stranger on the port costs the server little.
@@ -45,14 +46,26 @@ REJECT_MESSAGES = {
     "PublicKey does not match this server",
     RejectReason.UNKNOWN_CLIENT: "the server does not know this client's key: it is not registered "
     "(or was removed) on this server",
-    RejectReason.STALE_TIMESTAMP: "the server saw a newer handshake from this client: is the clock "
-    "wrong, or is the same profile in use twice?",
+    RejectReason.STALE_TIMESTAMP: "the server has confirmed a newer handshake from this client: is the "
+    "clock wrong, or is the same profile in use twice?",
     RejectReason.BAD_HELLO: "the server could not parse our hello: version mismatch?",
 }
 
 
+PERMANENT_REJECTIONS = frozenset({RejectReason.UNDECRYPTABLE, RejectReason.UNKNOWN_CLIENT, RejectReason.BAD_HELLO})
+"""Refusals that retrying cannot fix: the client gives up instead of reconnecting forever."""
+
+
 class HandshakeFailed(Exception):
-    """The peer failed the handshake; the connection is closed and the peer told why if useful."""
+    """The peer failed the handshake; the connection is closed and the peer told why if useful.
+
+    ``permanent`` is True when the server said why and retrying cannot help (wrong key, not
+    registered): like OpenVPN's AUTH_FAILED, the client then stops instead of retrying.
+    """
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 def tune_carrier(sock: socket.socket) -> None:
@@ -129,7 +142,10 @@ def client_handshake(sock: socket.socket, profile: Profile) -> tuple[SessionSett
     decoder = FrameDecoder(MAX_HANDSHAKE_BODY, RECV_BUFFER_SIZE)
     frame_type, body = read_handshake_frame(sock, decoder, deadline)
     if frame_type == FrameType.REJECT and len(body) == 1 and body[0] in REJECT_MESSAGES:
-        raise HandshakeFailed(f"server refused the handshake: {REJECT_MESSAGES[RejectReason(body[0])]}")
+        reason = RejectReason(body[0])
+        raise HandshakeFailed(
+            f"server refused the handshake: {REJECT_MESSAGES[reason]}", permanent=reason in PERMANENT_REJECTIONS
+        )
     if frame_type != FrameType.HANDSHAKE_RESPONSE:
         raise HandshakeFailed(f"expected a handshake response, got frame type {frame_type}")
     try:
@@ -144,7 +160,9 @@ def client_handshake(sock: socket.socket, profile: Profile) -> tuple[SessionSett
     sock.settimeout(None)
     link = PeerLink(sock, SendState(keys.send_key), ReceiveState(keys.recv_key), decoder)
     try:
-        link.send_packets([b""])  # key confirmation: proves to the server that we hold the psk
+        with link.send_lock:  # key confirmation: proves to the server that we hold the psk
+            link.append(b"")
+            link.flush()
     except LinkClosed as exc:
         raise HandshakeFailed(f"connection lost after the handshake: {exc}") from None
     return settings, link
@@ -227,6 +245,8 @@ def _await_confirmation(
     if frame_type != FrameType.DATA:
         raise HandshakeFailed(f"client {name}: expected key confirmation, got frame type {frame_type}")
     try:
-        receive.open(encode_header(FrameType.DATA, len(body)), body)
+        plaintext = receive.open(encode_header(FrameType.DATA, len(body)), body)
     except DecryptError:
         raise HandshakeFailed(f"client {name}: key confirmation failed (wrong preshared key?)") from None
+    if plaintext:
+        raise HandshakeFailed(f"client {name}: key confirmation must be empty, got {len(plaintext)} bytes")

@@ -348,8 +348,9 @@ def make_client_deliver(
 class ClientSession:
     """The server's view of one connected client: its link, its queue, its threads."""
 
-    def __init__(self, name: str, address: bytes, link: PeerLink) -> None:
+    def __init__(self, name: str, public_key: bytes, address: bytes, link: PeerLink) -> None:
         self.name = name
+        self.public_key = public_key
         self.address = address
         self.link = link
         self.queue = PacketQueue()
