@@ -70,17 +70,24 @@ def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
     text = text.strip()
     host, port_text = text, ""
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else rest
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise UserError(f"bad address {text!r}: expected [IPV6]:PORT")
+        port_text = rest[1:]
     elif text.count(":") == 1:
         host, port_text = text.split(":")
     if not host:
         raise UserError(f"bad address {text!r}: expected HOST:PORT")
-    if not port_text:
+    if not port_text and not text.endswith(":"):
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or not 0 < int(port_text) < 65536:
         raise UserError(f"bad port in {text!r}: expected 1-65535")
     return host, int(port_text)
+
+
+def format_endpoint(host: str, port: int) -> str:
+    """The inverse of :func:`parse_endpoint`: brackets around an IPv6 host."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def write_private_file(path: Path, text: str) -> None:
@@ -226,23 +233,22 @@ class ServerState:
         path = self.clients_dir / f"{name}.json"
         if path.exists():
             raise UserError(f"client {name!r} already exists")
-        clients = self.clients()
-        taken = {c.address for c in clients} | {settings.server_interface.ip}
-        usable = list(settings.subnet.hosts())
+        taken = {c.address for c in self.clients()} | {settings.server_interface.ip}
+        subnet = settings.subnet
         if address is not None:
             try:
                 ip = ipaddress.IPv4Address(address)
             except ValueError:
                 raise UserError(f"bad address {address!r}: expected an IPv4 address") from None
-            if ip not in usable:
-                raise UserError(f"address {ip} is not a host address of {settings.subnet}")
+            if ip not in subnet or ip in (subnet.network_address, subnet.broadcast_address):
+                raise UserError(f"address {ip} is not a host address of {subnet}")
             if ip in taken:
                 raise UserError(f"address {ip} is already in use")
         else:
-            free = [ip for ip in usable if ip not in taken]
-            if not free:
-                raise UserError(f"no free address left in {settings.subnet}")
-            ip = free[0]
+            # hosts() is lazy: a /8 has 16M addresses, and we want only the first free one.
+            ip = next((host for host in subnet.hosts() if host not in taken), None)
+            if ip is None:
+                raise UserError(f"no free address left in {subnet}")
         private = generate_private_key()
         record = ClientRecord(name, public_key(private), secrets.token_bytes(KEY_LEN), ip)
         write_private_file(
@@ -275,7 +281,7 @@ def _default_endpoint(listen: str) -> str:
     """
     host, port = parse_endpoint(listen)
     if host not in ("0.0.0.0", "::"):
-        return f"{host}:{port}"
+        return format_endpoint(host, port)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
             probe.connect(("192.0.2.1", port))

@@ -50,6 +50,19 @@ def _load_json_object(data: bytes) -> dict:
     return value
 
 
+def _text(value: object) -> str:
+    """Addresses travel as strings; ``ipaddress`` would also take a number, which we refuse."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _list(value: object) -> list:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
 def _dump(value: dict) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
@@ -102,12 +115,12 @@ class SessionSettings:
     def decode(cls, data: bytes) -> SessionSettings:
         fields = _load_json_object(data)
         try:
-            address = ipaddress.IPv4Interface(fields["address"])
-            server_address = ipaddress.IPv4Address(fields["server_address"])
+            address = ipaddress.IPv4Interface(_text(fields["address"]))
+            server_address = ipaddress.IPv4Address(_text(fields["server_address"]))
             mtu = fields.get("mtu", DEFAULT_MTU)
             offload = fields.get("offload", False)
-            routes = tuple(ipaddress.IPv4Network(r) for r in fields.get("routes", []))
-            dns = tuple(ipaddress.IPv4Address(d) for d in fields.get("dns", []))
+            routes = tuple(ipaddress.IPv4Network(_text(r)) for r in _list(fields.get("routes", [])))
+            dns = tuple(ipaddress.IPv4Address(_text(d)) for d in _list(fields.get("dns", [])))
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"bad session settings: {exc!r}") from None
         if not isinstance(mtu, int) or isinstance(mtu, bool) or not 576 <= mtu <= 65535:

@@ -231,13 +231,6 @@ def test_session_settings_bad_values(overrides):
         SessionSettings.decode(settings_json(**overrides))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SessionSettings.decode passes JSON values straight to ipaddress, which accepts "
-    "integers, so {'address': 167772162} decodes as 10.0.0.2/32 instead of being rejected. "
-    "Fix: require isinstance(value, str) for address/server_address/routes/dns items.",
-)
-@pytest.mark.filterwarnings("ignore:__int__ returned non-int:DeprecationWarning")
 @pytest.mark.parametrize(
     "overrides",
     [{"address": 167772162}, {"server_address": 167772161}, {"dns": [16843009]}, {"routes": [True]}],
@@ -277,8 +270,6 @@ json_values = st.recursive(
 )
 
 
-# ipaddress warns when handed a JSON true (see the xfail above); the warning is not the point here.
-@pytest.mark.filterwarnings("ignore:__int__ returned non-int:DeprecationWarning")
 @settings(max_examples=100)
 @given(
     fields=st.fixed_dictionaries(
