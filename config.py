@@ -331,7 +331,10 @@ class Profile:
             raise UserError(f"{source}: not a valid profile ({exc.message.splitlines()[0]})") from None
         except KeyError as exc:
             raise UserError(f"{source}: not a valid profile (missing {exc})") from None
-        parse_endpoint(endpoint)
+        try:
+            parse_endpoint(endpoint)
+        except UserError as exc:
+            raise UserError(f"{source}: [Server] Endpoint: {exc}") from None
         return cls(name, private, server_key, psk, endpoint)
 
     @classmethod
