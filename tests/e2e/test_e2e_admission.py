@@ -1,6 +1,7 @@
 """Who may connect: a client pinning the wrong server key, clients the server does not know,
-and a recorded handshake replayed on a new connection. Refusals must be clear to the user
-(exit 2, one line) and must not disturb registered clients already connected.
+a client removed while connected, one profile used in two places, and a recorded handshake
+replayed on a new connection. Refusals must be clear to the user (exit 2, one line) and must
+not disturb registered clients already connected.
 
 The data-path mode does not matter here, so one lab (default offload mode) is shared.
 """
@@ -149,6 +150,20 @@ class RecordingProxy:
             pass  # the lab closed the sockets
 
 
+def test_remove_client_ends_a_live_session(lab: TunnelLab) -> None:
+    """remove-client cuts an established session; the client, now refused for good, exits 2."""
+    frank = lab.add_client("frank")
+    client = lab.start_client(frank)
+    assert frank.ns.ping(lab.server_ip).all_answered
+    lab.server_cli("remove-client", "frank", check=True)
+    lab.server_process.wait_for_log(r"client frank is no longer registered")
+    assert client.wait(60) == 2
+    last_line = client.log().strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and "not registered" in last_line, last_line
+    assert frank.ns.links("tun") == [] and lab.journals(frank.ns) == []
+    assert_alice_works(lab)
+
+
 def test_replayed_handshake_is_refused(lab: TunnelLab) -> None:
     carol = lab.add_client("carol")
     server_address = (carol.link.address_a, SERVER_PORT)
@@ -166,3 +181,22 @@ def test_replayed_handshake_is_refused(lab: TunnelLab) -> None:
     assert carol.ns.ping(lab.server_ip).all_answered
     assert "client carol reconnected" not in lab.server_process.log()
     assert_alice_works(lab)
+
+
+def test_one_profile_used_twice_does_not_flap(lab: TunnelLab) -> None:
+    """Running one profile in two places is a user mistake; it must not become a handshake storm
+    (each new session displaces the other, so both clients must back off, not redial at once)."""
+    dana, twin_home = lab.add_client("dana"), lab.add_client("dana-twin")
+    first = lab.start_client(dana)
+    twin = twin_home.ns.spawn("client-dana-twin", *lab.client_argv(twin_home, profile=dana.profile))
+    try:
+        twin.wait_for_log(r"connected to ")
+
+        def handshakes() -> int:
+            return lab.server_process.log().count("client dana connected")
+
+        with pytest.raises(TimeoutError):  # backoff keeps it to a handful in 3 s
+            wait_until(lambda: handshakes() > 10, 3.0, "more than 10 handshakes from dana")
+    finally:
+        twin.stop()
+        first.stop()
