@@ -30,7 +30,7 @@ from gateway import ClientGateway
 from journal import Journal, cleanup, journal_path
 from messages import SessionSettings
 from netsetup import configure_interface
-from runtime import StopSignal, require_net_admin, run_main, setup_logging
+from runtime import StopRequested, StopSignal, require_net_admin, run_main, setup_logging
 from session import HandshakeFailed, client_handshake, dial
 from tundev import TunDevice, open_tun
 from tunlib import LinkClosed, PeerLink, Waker, make_client_deliver, pump_tun_to_link
@@ -77,12 +77,17 @@ class Tunnel:
             log.info("stats: %s", self.link.counters.summary())
 
     def connect(self) -> tuple[SessionSettings, PeerLink]:
-        sock = dial(self.endpoint)
-        try:
-            return client_handshake(sock, self.profile)
-        except HandshakeFailed as exc:
-            sock.close()
-            raise ConnectError(f"handshake with {self.endpoint} failed: {exc}", exc.permanent) from None
+        """Dial and handshake; a stop signal aborts it at once with StopRequested."""
+        with self.stop.interruptible():
+            sock = dial(self.endpoint)
+            try:
+                return client_handshake(sock, self.profile)
+            except HandshakeFailed as exc:
+                sock.close()
+                raise ConnectError(f"handshake with {self.endpoint} failed: {exc}", exc.permanent) from None
+            except BaseException:
+                sock.close()
+                raise
 
     def setup(self) -> None:
         """Everything before the first packet flows; any failure leaves nothing behind."""
@@ -161,6 +166,8 @@ class Tunnel:
                     return None
             try:
                 settings, link = self.connect()
+            except StopRequested:
+                return None
             except UserError as exc:
                 if isinstance(exc, ConnectError) and exc.permanent:
                     raise
@@ -218,6 +225,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         tunnel.setup()
         return tunnel.run()
+    except StopRequested as exc:
+        log.info("%s received while connecting, shutting down", exc)
+        return 0
     finally:
         tunnel.teardown()
 

@@ -8,7 +8,10 @@ so undoing twice, or undoing a change that was recorded but never made, is harml
 
 Journals live in JOURNAL_DIR, one per program, network namespace and tunnel device. The
 namespace's inode number is part of the name because tests and demos run several tunnels in
-different namespaces on one machine, and each must only ever undo its own changes.
+different namespaces on one machine, and each must only ever undo its own changes. The kernel
+reuses inode numbers of deleted namespaces, so the owner record also stores the namespace's
+cookie (SO_NETNS_COOKIE, never reused within a boot) and the boot id: a journal whose namespace
+is gone is discarded, never applied to the namespace that inherited its number.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +31,42 @@ from errors import UserError
 log = logging.getLogger(__name__)
 
 JOURNAL_DIR = Path("/var/lib/tunlib")
+SO_NETNS_COOKIE = 71
+"""``<asm-generic/socket.h>``: a 64-bit id of the socket's network namespace, unique per boot."""
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 def netns_id() -> int:
     """The inode of our network namespace: stable for its lifetime, distinct between namespaces."""
     return os.stat("/proc/self/ns/net").st_ino
+
+
+def netns_identity() -> dict:
+    """What tells this namespace apart from every other, past or present: boot id and cookie."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            cookie: int | None = int.from_bytes(probe.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+        except OSError:  # kernels before 5.14
+            cookie = None
+    return {"boot": BOOT_ID.read_text().strip(), "cookie": cookie}
+
+
+def in_initial_netns() -> bool:
+    return os.stat("/proc/self/ns/net").st_ino == os.stat("/proc/1/ns/net").st_ino
+
+
+def recorded_here(identity: dict | None) -> bool:
+    """Was a journal with this namespace identity written in the namespace we are in now?
+
+    Same boot: only if the cookie matches. Another boot: only in the initial namespace, which
+    is the one namespace that survives a reboot (its resolv.conf change may need undoing).
+    """
+    if identity is None:
+        return True
+    current = netns_identity()
+    if identity.get("boot") == current["boot"]:
+        return identity.get("cookie") == current["cookie"]
+    return in_initial_netns()
 
 
 def journal_path(role: str, tun: str, directory: Path = JOURNAL_DIR) -> Path:
@@ -99,17 +134,20 @@ class Journal:
             raise UserError(f"{self.path} belongs to running process {owner}: is another tunnel using this device?")
         if self.undo():
             log.info("undid the leftovers of a previous run that did not exit cleanly")
-        self.record({"kind": "owner", "pid": os.getpid(), "program": program})
+        self.record({"kind": "owner", "pid": os.getpid(), "program": program, "netns": netns_identity()})
+
+    def _owner(self) -> dict | None:
+        return next((step for step in self._load() if step.get("kind") == "owner"), None)
 
     def live_owner(self) -> int | None:
         """The PID of the tunlib process that owns this journal, if it is still running."""
-        for step in self._load():
-            if step.get("kind") == "owner":
-                try:
-                    cmdline = Path(f"/proc/{step['pid']}/cmdline").read_bytes()
-                except (OSError, KeyError):
-                    return None
-                return step["pid"] if step.get("program", "").encode() in cmdline else None
+        step = self._owner()
+        if step is not None and recorded_here(step.get("netns")):
+            try:
+                cmdline = Path(f"/proc/{step['pid']}/cmdline").read_bytes()
+            except (OSError, KeyError):
+                return None
+            return step["pid"] if step.get("program", "").encode() in cmdline else None
         return None
 
     # -- the kinds of change, each recorded then made ------------------------
@@ -153,6 +191,10 @@ class Journal:
         Returns the number of host changes undone (the ownership record is not one).
         """
         steps = self._load()
+        owner = next((step for step in steps if step.get("kind") == "owner"), None)
+        if owner is not None and not recorded_here(owner.get("netns")):
+            log.warning("discarding %s: its network namespace no longer exists", self.path)
+            steps = []
         for step in reversed(steps):
             try:
                 _undo_step(step)

@@ -8,7 +8,7 @@ import os
 import select
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from errors import UserError
 
@@ -38,6 +38,10 @@ def require_net_admin() -> None:
         raise UserError("this command needs root (or CAP_NET_ADMIN): try sudo")
 
 
+class StopRequested(Exception):
+    """Raised inside :meth:`StopSignal.interruptible` when SIGINT or SIGTERM arrives."""
+
+
 class StopSignal:
     """A stop flag that signal handlers and threads can both raise.
 
@@ -50,6 +54,7 @@ class StopSignal:
     def __init__(self, on_usr1: Callable[[], None] | None = None) -> None:
         self._read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.signal_name = ""
+        self._interrupt = False
         signal.signal(signal.SIGINT, self._handle)
         signal.signal(signal.SIGTERM, self._handle)
         if on_usr1 is not None:
@@ -58,6 +63,24 @@ class StopSignal:
     def _handle(self, signum: int, _frame: object) -> None:
         self.signal_name = signal.Signals(signum).name
         self.set()
+        if self._interrupt:
+            raise StopRequested(self.signal_name)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Let a stop signal abort the blocking call inside this block with :class:`StopRequested`.
+
+        A signal handler that raises interrupts whatever system call the main thread is blocked
+        in (``connect`` for up to its timeout, say), which a flag alone cannot. Only use it around
+        code that the main thread runs and that cleans up after any exception.
+        """
+        if self.is_set():
+            raise StopRequested(self.signal_name)
+        self._interrupt = True
+        try:
+            yield
+        finally:
+            self._interrupt = False
 
     def set(self) -> None:
         with contextlib.suppress(BlockingIOError):

@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from errors import UserError
-from journal import Journal, cleanup, journal_path, journals_for, write_in_place
+from journal import Journal, cleanup, journal_path, journals_for, netns_identity, recorded_here, write_in_place
 
 
 def test_replace_file_is_recorded_before_and_restored_byte_for_byte(tmp_path: Path) -> None:
@@ -94,7 +94,27 @@ def test_claim_undoes_a_dead_owners_leftovers(tmp_path: Path) -> None:
 
     assert target.read_bytes() == b"original"
     steps = json.loads(path.read_text())
-    assert steps == [{"kind": "owner", "pid": os.getpid(), "program": "client.py"}]
+    assert [(s["kind"], s["pid"], s["program"]) for s in steps] == [("owner", os.getpid(), "client.py")]
+    assert steps[0]["netns"] == netns_identity()
+
+
+def test_a_journal_from_a_deleted_namespace_is_discarded_not_applied(tmp_path: Path) -> None:
+    """The kernel reuses namespace inode numbers; the cookie tells the old namespace apart."""
+    target = tmp_path / "resolv.conf"
+    target.write_bytes(b"this namespace's own file")
+    journal = Journal(tmp_path / "client-1-tun0.json")
+    identity = netns_identity()
+    journal.record({"kind": "owner", "pid": 0, "program": "client.py", "netns": {**identity, "cookie": -1}})
+    journal.record({"kind": "file", "path": str(target), "content": "b2xkIG5hbWVzcGFjZQ=="})
+
+    assert journal.undo() == 0
+    assert target.read_bytes() == b"this namespace's own file"
+    assert not journal.path.exists()
+
+
+def test_a_journal_recorded_here_is_recognised() -> None:
+    assert recorded_here(netns_identity())
+    assert recorded_here(None)  # journals without an identity are trusted, as before
 
 
 def test_claim_refuses_a_journal_owned_by_a_live_process(tmp_path: Path) -> None:

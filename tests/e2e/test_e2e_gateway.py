@@ -254,13 +254,6 @@ def test_kill_switch_is_lifted_when_the_first_connection_fails(gw: GatewayLab) -
     assert fetch_source(gw, alice, f"http://{WEB}/") == client_ip(alice)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product bug: SIGTERM is not acted on while client.py is inside a redial; it waits for "
-    "session.CONNECT_TIMEOUT (10 s) when the server's packets are dropped (fix: wait on the socket "
-    "and the StopSignal pipe together)",
-)
 def test_sigterm_while_redialling_an_unreachable_server_exits_promptly(gw: GatewayLab) -> None:
     server = gw.start_server(*SERVER_FLAGS)
     alice = gw.add_client("alice")
