@@ -30,7 +30,7 @@ from gateway import ClientGateway
 from journal import Journal, cleanup, journal_path
 from messages import SessionSettings
 from netsetup import configure_interface
-from runtime import StopRequested, StopSignal, require_net_admin, run_main, setup_logging
+from runtime import StopRequested, StopSignal, add_cleanup_command, require_net_admin, run_main
 from session import HandshakeFailed, client_handshake, dial
 from tundev import TunDevice, open_tun
 from tunlib import LinkClosed, PeerLink, Waker, make_client_deliver, pump_tun_to_link
@@ -271,17 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kill-switch", action="store_true", help="block all traffic outside the tunnel until a clean exit")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("cleanup", help="undo routes, firewall and DNS changes left by a crashed client")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.set_defaults(func=cmd_cleanup)
+    add_cleanup_command(sub, cmd_cleanup, "routes, firewall and DNS changes")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return args.func(args)
-
-
 if __name__ == "__main__":
-    run_main(main)
+    run_main(build_parser)

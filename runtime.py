@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -100,10 +101,24 @@ class StopSignal:
                 pass
 
 
-def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Run ``main`` and exit: a :class:`UserError` becomes ``error: ...`` and status 2."""
+def add_cleanup_command(sub: argparse._SubParsersAction, func: Callable[[argparse.Namespace], int], what: str) -> None:
+    """The ``cleanup`` subcommand both programs share (see journal.py)."""
+    p = sub.add_parser(
+        "cleanup", help=f"undo {what} left by a crashed run", description=f"undo {what} left by a crashed run"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=func)
+
+
+def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None = None) -> None:
+    """Parse the command line, run the chosen subcommand and exit with its status.
+
+    A :class:`UserError` becomes one ``error: ...`` line on stderr and status 2.
+    """
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
     try:
-        code = main(argv)
+        code = args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = EXIT_USER_ERROR

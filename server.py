@@ -31,7 +31,7 @@ from journal import Journal, cleanup, journal_path
 from messages import ClientHello, SessionSettings
 from nat import enable_nat
 from netsetup import configure_interface
-from runtime import StopSignal, require_net_admin, run_main, setup_logging
+from runtime import StopSignal, add_cleanup_command, require_net_admin, run_main
 from session import Admission, HandshakeFailed, server_handshake, tune_carrier
 from tundev import TunDevice, open_tun
 from tunlib import ClientSession, LinkClosed, ServerRouter, Waker, pump_queue_to_link
@@ -370,17 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dns", type=ipv4, action="append", default=[], metavar="IP", help="DNS server pushed to clients")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("cleanup", help="undo NAT rules and sysctls left by a crashed server")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.set_defaults(func=cmd_cleanup)
+    add_cleanup_command(sub, cmd_cleanup, "NAT rules and sysctls")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return args.func(args)
-
-
 if __name__ == "__main__":
-    run_main(main)
+    run_main(build_parser)

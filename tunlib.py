@@ -30,7 +30,7 @@ import select
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 from framing import AEAD_TAG_LEN, HEADER_LEN, MAX_FRAME_BODY, FrameDecoder, FrameError, FrameType
@@ -205,38 +205,51 @@ def _make_poller(tun: TunDevice, waker: Waker) -> select.poll:
     return poller
 
 
-def pump_tun_to_link(tun: TunDevice, link: PeerLink, waker: Waker) -> None:
-    """Client thread 1: TUN -> seal -> socket, batching all packets the TUN has ready.
+def read_tun(tun: TunDevice, waker: Waker, counters: Counters) -> Iterator[memoryview | None]:
+    """Yield every IPv4 packet the TUN has ready, then ``None`` once it is drained.
 
-    The TUN is non-blocking: we read until it is empty (EAGAIN), send the batch with one
-    ``sendall``, then sleep in ``poll``. Under load a batch holds many packets; when idle, a
-    lone ping goes out immediately.
+    The TUN is non-blocking: we read until EAGAIN, which is the moment to send what was
+    collected (the ``None``), then sleep in ``poll`` until more arrives or the waker fires (the
+    generator then ends). Each packet is a view into one reusable buffer, valid until the next
+    one is read. Anything but IPv4 is dropped and counted: the tunnel carries IPv4 only.
     """
     poller = _make_poller(tun, waker)
     buf = memoryview(bytearray(MAX_PACKET))
     bufs = [buf]
     readv, fd = os.readv, tun.fd
-    offset = tun.vnet_hdr_len
+    version_at, minimum = tun.vnet_hdr_len, tun.vnet_hdr_len + 20
+    while _wait_readable(poller, fd):
+        while True:
+            try:
+                length = readv(fd, bufs)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EBADFD:
+                    return
+                raise
+            if length < minimum or buf[version_at] >> 4 != 4:
+                counters.dropped_ipv6 += 1
+                continue
+            yield buf[:length]
+        yield None
+
+
+def pump_tun_to_link(tun: TunDevice, link: PeerLink, waker: Waker) -> None:
+    """Client thread 1: TUN -> seal -> socket, one ``sendall`` for all the TUN had ready.
+
+    Under load a batch holds many packets; when idle, a lone ping goes out immediately.
+    """
     counters = link.counters
     append, flush, lock = link.append, link.flush, link.send_lock
-    while _wait_readable(poller, fd):
+    for packet in read_tun(tun, waker, counters):
         with lock:
-            while True:
-                try:
-                    length = readv(fd, bufs)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno == errno.EBADFD:
-                        return
-                    raise
-                if length <= offset or buf[offset] >> 4 != 4:
-                    counters.dropped_ipv6 += 1  # the tunnel carries IPv4 only
-                    continue
-                append(buf[:length])
-                counters.tx_packets += 1
-                counters.tx_bytes += length
-            flush()
+            if packet is None:
+                flush()
+                continue
+            append(packet)
+        counters.tx_packets += 1
+        counters.tx_bytes += len(packet)
 
 
 class PacketQueue:
@@ -396,28 +409,17 @@ class ServerRouter:
 
     def pump_tun(self, waker: Waker) -> None:
         """The server's TUN reader thread: route each packet to its client's queue."""
-        tun = self.tun
-        poller = _make_poller(tun, waker)
-        read, fd, offset = os.read, tun.fd, tun.vnet_hdr_len
+        offset = self.tun.vnet_hdr_len
+        destination = slice(offset + 16, offset + 20)
         sessions, counters = self.sessions, self.counters
-        while _wait_readable(poller, fd):
-            while True:
-                try:
-                    packet = read(fd, MAX_PACKET)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno == errno.EBADFD:
-                        return
-                    raise
-                if len(packet) < offset + 20 or packet[offset] >> 4 != 4:
-                    counters.dropped_ipv6 += 1
-                    continue
-                session = sessions.get(packet[offset + 16 : offset + 20])
-                if session is None:
-                    counters.dropped_no_route += 1
-                else:
-                    session.queue.put(packet)  # a full queue drops and counts it
+        for packet in read_tun(self.tun, waker, counters):
+            if packet is None:
+                continue
+            session = sessions.get(bytes(packet[destination]))
+            if session is None:
+                counters.dropped_no_route += 1
+            else:
+                session.queue.put(bytes(packet))  # a full queue drops and counts it
 
     def make_deliver(self, session: ClientSession) -> Callable[[memoryview], None]:
         """The per-packet step of one client's receiver thread."""

@@ -6,7 +6,8 @@
 #   2. ruff check .
 #   3. pytest tests            (unit tests, and the root-only end-to-end tests in tests/e2e)
 #   4. the demo, two-host:     run_vpn.sh --background, test_vpn.sh, run_vpn.sh --down
-#   5. the demo, flat:         the same with --flat
+#   5. the demo, flat:         the same with --flat, and with --gateway
+#   6. the benchmark:          bench/run.sh --quick (figures printed, not asserted)
 # The demo checks use their own namespace names (tlar<PID>-...) and a temporary lab directory,
 # so they never collide with a demo someone is running from lab/. Whatever they start is torn
 # down on exit, also on failure or Ctrl+C. Exit status 0 only if every step passed; the last
@@ -127,6 +128,12 @@ demo_checks() { # LABEL RUN_VPN_OPTIONS...
 }
 demo_checks two-host
 demo_checks flat --flat
+demo_checks gateway --gateway
+
+# -- 6. the benchmark, short: proves it runs; its figures are printed, never asserted -----------------
+banner "benchmark: bench/run.sh --quick"
+timeout --foreground -s INT -k 30 300 bash "$ROOT/bench/run.sh" --quick
+record $? "bench/run.sh --quick"
 
 # -- summary -----------------------------------------------------------------------------------
 banner "summary"
