@@ -184,7 +184,8 @@ class Server:
             self.router.detach(session)
             session.close()
             sender.join(SHUTDOWN_JOIN_TIMEOUT)
-            log.info("client %s stats: %s", record.name, session.stats())
+            if not self.stopping.is_set():  # at shutdown, stop() has logged every client
+                log.info("client %s stats: %s", record.name, session.stats())
 
     def _run_sender(self, session: ClientSession) -> None:
         try:
@@ -204,12 +205,12 @@ class Server:
         with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
+        self.log_stats()  # while the sessions still exist
         for session in list(self.router.sessions.values()):
             session.close()
         self.waker.wake()
         for thread in self.threads:
             thread.join(SHUTDOWN_JOIN_TIMEOUT)
-        self.log_stats()
         self.tun.close()
         self.waker.close()
 
