@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 
+import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
 from config import Profile, parse_endpoint
 from errors import UserError
 from gateway import ClientGateway

@@ -25,6 +25,7 @@ import sys
 import threading
 from collections.abc import Callable
 
+import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
 from config import ClientRecord, ServerSettings, ServerState, encode_key, parse_endpoint
 from errors import UserError
 from journal import Journal, cleanup, journal_path

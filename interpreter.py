@@ -1,0 +1,37 @@
+"""Let ``python3 server.py ...`` work with whatever ``python3`` the user has.
+
+tunlib needs the ``cryptography`` package with ``AESGCM.encrypt_into`` (version 48 or later),
+which a distribution's Python may lack. ``scripts/bootstrap.sh`` installs it into ``.venv`` beside
+this file; importing this module (the first import of ``client.py`` and ``server.py``) re-executes
+the program under that venv when the running interpreter cannot do the job, and otherwise
+explains in one line how to get there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+VENV = Path(__file__).resolve().parent / ".venv"
+EXIT_USER_ERROR = 2
+
+
+def requirements_met() -> bool:
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415 - the probe itself
+    except ImportError:
+        return False
+    return hasattr(AESGCM, "encrypt_into")
+
+
+if not requirements_met():
+    venv_python = VENV / "bin" / "python"
+    if venv_python.exists() and Path(sys.prefix).resolve() != VENV:
+        os.execv(venv_python, [str(venv_python), *sys.argv])
+    print(
+        "error: the Python package 'cryptography' (48 or later) is missing: "
+        "run 'sudo bash scripts/bootstrap.sh', which installs it into .venv",
+        file=sys.stderr,
+    )
+    sys.exit(EXIT_USER_ERROR)
