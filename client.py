@@ -28,7 +28,7 @@ import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python 
 from config import Profile, parse_endpoint
 from errors import UserError
 from gateway import ClientGateway
-from journal import Journal, cleanup, journal_path
+from journal import Journal, journal_path
 from messages import SessionSettings
 from netsetup import configure_interface
 from runtime import StopRequested, StopSignal, add_cleanup_command, require_net_admin, run_main
@@ -233,13 +233,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         tunnel.teardown()
 
 
-def cmd_cleanup(_args: argparse.Namespace) -> int:
-    require_net_admin()
-    undone = cleanup("client")
-    print(f"undid {undone} change(s) left by a crashed client" if undone else "nothing to clean")
-    return 0
-
-
 def cidr(text: str) -> ipaddress.IPv4Network:
     try:
         return ipaddress.IPv4Network(text, strict=False)
@@ -272,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kill-switch", action="store_true", help="block all traffic outside the tunnel until a clean exit")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
-    add_cleanup_command(sub, cmd_cleanup, "routes, firewall and DNS changes")
+    add_cleanup_command(sub, "client", "routes, firewall and DNS changes")
     return parser
 
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 from errors import UserError
+from journal import cleanup
 
 CAP_NET_ADMIN = 12
 """Bit number in the capability sets (``<linux/capability.h>``)."""
@@ -101,13 +102,20 @@ class StopSignal:
                 pass
 
 
-def add_cleanup_command(sub: argparse._SubParsersAction, func: Callable[[argparse.Namespace], int], what: str) -> None:
-    """The ``cleanup`` subcommand both programs share (see journal.py)."""
+def add_cleanup_command(sub: argparse._SubParsersAction, role: str, what: str) -> None:
+    """The ``cleanup`` subcommand of both programs: undo what a crashed ``role`` left (journal.py)."""
     p = sub.add_parser(
         "cleanup", help=f"undo {what} left by a crashed run", description=f"undo {what} left by a crashed run"
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.set_defaults(func=func)
+
+    def cleanup_command(_args: argparse.Namespace) -> int:
+        require_net_admin()
+        undone = cleanup(role)
+        print(f"undid {undone} change(s) left by a crashed {role}" if undone else "nothing to clean")
+        return 0
+
+    p.set_defaults(func=cleanup_command)
 
 
 def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None = None) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
 from config import ClientRecord, ServerSettings, ServerState, encode_key, parse_endpoint
 from errors import UserError
-from journal import Journal, cleanup, journal_path
+from journal import Journal, journal_path
 from messages import ClientHello, SessionSettings
 from nat import enable_nat
 from netsetup import configure_interface
@@ -318,13 +318,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cleanup(_args: argparse.Namespace) -> int:
-    require_net_admin()
-    undone = cleanup("server")
-    print(f"undid {undone} change(s) left by a crashed server" if undone else "nothing to clean")
-    return 0
-
-
 def ipv4(text: str) -> ipaddress.IPv4Address:
     try:
         return ipaddress.IPv4Address(text)
@@ -372,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dns", type=ipv4, action="append", default=[], metavar="IP", help="DNS server pushed to clients")
     p.set_defaults(func=cmd_run)
 
-    add_cleanup_command(sub, cmd_cleanup, "NAT rules and sysctls")
+    add_cleanup_command(sub, "server", "NAT rules and sysctls")
     return parser
 
 

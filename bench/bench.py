@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import itertools
 import json
 import logging
 import os
@@ -83,8 +82,6 @@ ROW_LABELS = {
 METRICS = ("up", "down", "p4")
 PEM = serialization.Encoding.PEM
 
-_prefixes = itertools.count()
-
 
 class Interrupted(BaseException):
     """SIGINT, SIGTERM or SIGHUP arrived: unwind (past every ``except Exception``) through
@@ -133,14 +130,9 @@ class Row:
 
 
 class BenchLab(netlab.TunnelLab):
-    """netlab's TunnelLab under the benchmark's own name prefix, ``tlx<pid><n>``."""
+    """netlab's TunnelLab under the benchmark's own name prefix, ``tlx<pid>_<n>``."""
 
-    @staticmethod
-    def _claim_prefix() -> str:
-        while True:
-            prefix = f"tlx{os.getpid()}{next(_prefixes):x}"
-            if not any(p.name.startswith(f"{prefix}-") for p in netlab.NETNS_RUN.glob("tlx*")):
-                return prefix
+    NAME_PREFIX = "tlx"
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -76,6 +76,8 @@ READY_TIMEOUT = 30.0
 """Generous: the machine is shared, and starting Python with cryptography takes a moment."""
 
 _counter = itertools.count()
+SHUTDOWN_DEADLINE = 2.0
+"""The design's promise: SIGTERM ends a client or the server, cleanly, this fast."""
 _open_labs: set[Lab] = set()
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -153,6 +155,14 @@ class Process:
     def wait(self, timeout: float) -> int:
         """Wait for exit; raise ``subprocess.TimeoutExpired`` if it takes longer."""
         return self.popen.wait(timeout)
+
+    def terminate(self, deadline: float = SHUTDOWN_DEADLINE) -> int:
+        """SIGTERM; the exit status, failing the test if it takes longer than ``deadline``."""
+        self.send_signal(signal.SIGTERM)
+        try:
+            return self.wait(deadline)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} still running {deadline} s after SIGTERM") from None
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM, wait up to ``timeout``, then SIGKILL. Returns the exit status."""
@@ -316,12 +326,16 @@ class Lab:
         self._closed = False
         _open_labs.add(self)
 
-    @staticmethod
-    def _claim_prefix() -> str:
-        """``tlb<pid>_<n>``, skipping any prefix a dead earlier process with our pid left behind."""
+    NAME_PREFIX = "tlb"
+    """Every namespace and link of a lab starts with this, then the pid and a counter, so labs
+    of concurrent runs (and of the benchmark, the gateway tests, ...) never collide."""
+
+    @classmethod
+    def _claim_prefix(cls) -> str:
+        """``<NAME_PREFIX><pid>_<n>``, skipping any prefix a dead earlier process with our pid left."""
         while True:
-            prefix = f"tlb{os.getpid()}_{next(_counter)}"
-            if not any(p.name.startswith(f"{prefix}-") for p in NETNS_RUN.glob("tlb*")):
+            prefix = f"{cls.NAME_PREFIX}{os.getpid()}_{next(_counter)}"
+            if not any(p.name.startswith(f"{prefix}-") for p in NETNS_RUN.glob(f"{cls.NAME_PREFIX}*")):
                 return prefix
 
     def __enter__(self) -> Lab:
@@ -501,15 +515,20 @@ class TunnelLab(Lab):
         self.server_process = process
         return process
 
-    def add_client(self, name: str) -> Peer:
-        """Register ``name``, give it a namespace linked to the server, write its profile (0600)."""
-        ns = self.add_namespace(name)
-        link = self.connect(self.server, ns)
+    def register(self, name: str) -> tuple[Path, str]:
+        """``server.py add-client NAME``: write the profile (0600); return it and the tunnel address."""
         profile_text = self.server_cli("add-client", name, check=True).stdout
         profile = self.workdir / f"{name}.conf"
         profile.touch(mode=0o600)
         profile.write_text(profile_text)
         tunnel_ip = re.search(r"tunnel address ([\d.]+)/", profile_text)[1]  # type: ignore[index]
+        return profile, tunnel_ip
+
+    def add_client(self, name: str) -> Peer:
+        """Register ``name``, give it a namespace linked to the server, write its profile (0600)."""
+        ns = self.add_namespace(name)
+        link = self.connect(self.server, ns)
+        profile, tunnel_ip = self.register(name)
         peer = Peer(
             name, ns, link, f"{link.address_a}:{SERVER_PORT}", tunnel_ip, profile, self.ifname(f"c{len(self.peers)}")
         )

@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import itertools
 import json
 import os
-import re
 import shutil
 import socket
 import struct
@@ -67,8 +65,6 @@ DNS_NAME = "web.tunlib.test"
 CLIENT_V6, INTERNET_V6 = "2001:db8:1::2", "2001:db8:1::1"
 """IPv6 on the client's outer link (RFC 3849 documentation prefix)."""
 BULK_PATH = "/bulk"
-
-_counter = itertools.count()
 
 
 def missing_tools() -> str | None:
@@ -290,13 +286,7 @@ class GatewayLab(TunnelLab):
             self.close()
             raise
 
-    @staticmethod
-    def _claim_prefix() -> str:
-        """``tlg`` + pid + counter, so gateway labs are told apart from netlab's ``tlb`` ones."""
-        while True:
-            prefix = f"tlg{os.getpid()}{next(_counter):x}"
-            if not any(p.name.startswith(f"{prefix}-") for p in NETNS_RUN.glob("tlg*")):
-                return prefix
+    NAME_PREFIX = "tlg"
 
     def _listener(self, family: int, address: str, port: int) -> socket.socket:
         sock = self.internet.socket(family, socket.SOCK_STREAM)
@@ -318,11 +308,7 @@ class GatewayLab(TunnelLab):
         ns.ip("route", "add", "default", "via", link.address_a)
         resolv = netlab.NETNS_ETC / ns.name / "resolv.conf"
         resolv.write_text(f"# the client's own resolver, before any tunnel\nnameserver {ISP_DNS}\n")
-        profile_text = self.server_cli("add-client", name, check=True).stdout
-        profile = self.workdir / f"{name}.conf"
-        profile.touch(mode=0o600)
-        profile.write_text(profile_text)
-        tunnel_ip = re.search(r"tunnel address ([\d.]+)/", profile_text)[1]  # type: ignore[index]
+        profile, tunnel_ip = self.register(name)
         peer = Peer(
             name,
             ns,

@@ -15,7 +15,6 @@ import hashlib
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -43,7 +42,6 @@ SKIP = netlab.have_lab_privileges() or missing_tools()
 pytestmark = pytest.mark.skipif(SKIP is not None, reason=f"gateway e2e: {SKIP}")
 
 BULK_BYTES = 20 * 1024 * 1024
-SHUTDOWN_DEADLINE = 2.0
 RECONNECT_DEADLINE = 12.0
 """The client retries after 1, 2, 4, 8 s...; a server back within a few seconds is found within ~10 s."""
 SERVER_FLAGS = ("--nat", "--dns", PUSHED_DNS)
@@ -74,15 +72,6 @@ def gw(tmp_path: Path, bulk: bytes) -> Iterator[GatewayLab]:
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-def terminate(process: Process) -> int:
-    """SIGTERM ``process``; its exit status, failing if it takes longer than the design's 2 s."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(SHUTDOWN_DEADLINE)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"{process.name} still running {SHUTDOWN_DEADLINE} s after SIGTERM") from None
 
 
 def crash(process: Process) -> None:
@@ -162,7 +151,7 @@ def test_full_tunnel_sends_web_dns_and_bulk_through_the_server(gw: GatewayLab, b
     leaks = packets_except(capture.path, f"arp or ({LINK_LOCAL_IPV6}) or ({carrier})")
     assert not leaks, "traffic outside the carrier connection on the client's link:\n" + "\n".join(leaks[:20])
 
-    assert terminate(client) == 0
+    assert client.terminate() == 0
     assert resolv_conf(alice) == original_resolv
     assert not any(half in alice.ns.ip("route") for half in HALF_ROUTES)
     assert not tunlib_journals(alice.ns), "a clean exit should leave no journal"
@@ -180,7 +169,7 @@ def test_split_tunnel_sends_only_its_route_through_the_server(gw: GatewayLab) ->
     assert fetch_source(gw, alice, f"http://{WEB}/") == gw.server_outer, f"{WEB} should go through the tunnel"
     assert fetch_source(gw, alice, f"http://{OTHER_WEB}/") == client_ip(alice), f"{OTHER_WEB} should go directly"
 
-    assert terminate(client) == 0
+    assert client.terminate() == 0
     assert "198.51.100.0/24" not in alice.ns.ip("route")
     assert fetch_source(gw, alice, f"http://{WEB}/") == client_ip(alice)
 
@@ -198,7 +187,7 @@ def test_ipv6_is_blocked_under_full_tunnel(gw: GatewayLab) -> None:
     during = gw.fetch(alice, url, timeout=2)
     assert not during["ok"], f"IPv6 bypassed the full tunnel: {during}"
 
-    assert terminate(client) == 0
+    assert client.terminate() == 0
     after = gw.fetch(alice, url)
     assert after["ok"], f"IPv6 should work again after the client exits: {after}"
 
@@ -217,7 +206,7 @@ def test_kill_switch_blocks_while_the_server_is_down_and_reconnects(gw: GatewayL
     client = gw.start_client(alice, "--full-tunnel", "--kill-switch")
     assert fetch_source(gw, alice, f"http://{WEB}/") == gw.server_outer
 
-    assert terminate(server) == 0
+    assert server.terminate() == 0
     client.wait_for_log(r"connection to the server lost")
     mark = gw.web.mark()
     routed = gw.fetch(alice, f"http://{WEB}/", timeout=2)
@@ -233,7 +222,7 @@ def test_kill_switch_blocks_while_the_server_is_down_and_reconnects(gw: GatewayL
     print(f"client reconnected {time.monotonic() - restarted:.1f} s after the server came back")
     assert fetch_source(gw, alice, f"http://{WEB}/") == gw.server_outer
 
-    assert terminate(client) == 0
+    assert client.terminate() == 0
     assert fetch_source(gw, alice, f"http://{WEB}/") == client_ip(alice), "direct traffic should flow after exit"
     assert gw.fetch(alice, f"http://{WEB}/", bind_device=outer)["ok"]
 
@@ -267,7 +256,7 @@ def test_sigterm_while_redialling_an_unreachable_server_exits_promptly(gw: Gatew
     backoff = re.findall(r"reconnecting in (\d+) s", client.log())
     time.sleep((int(backoff[-1]) if backoff else 0) + 0.7)
     try:
-        assert terminate(client) == 0
+        assert client.terminate() == 0
     finally:
         if client.returncode is None:
             crash(client)  # spares the teardown its 5 s SIGTERM grace; the namespace goes anyway
@@ -310,7 +299,7 @@ def test_client_run_after_kill_9_sweeps_the_leftovers(gw: GatewayLab) -> None:
     assert fetch_source(gw, alice, f"http://{WEB}/") == gw.server_outer
     assert f"nameserver {PUSHED_DNS}" in resolv_conf(alice)
 
-    assert terminate(again) == 0
+    assert again.terminate() == 0
     diff = before.diff(gw.snapshot(alice.ns))
     assert not diff, f"after a crash and a clean second run the namespace differs:\n{diff}"
     assert not tunlib_journals(alice.ns)
@@ -338,7 +327,7 @@ def test_server_cleanup_after_kill_9_restores_everything(gw: GatewayLab) -> None
     crash(gw.start_server(*SERVER_FLAGS, name="server-crashed"))
     again = gw.start_server(*SERVER_FLAGS, name="server-again")
     again.wait_for_log(r"undid the leftovers")
-    assert terminate(again) == 0
+    assert again.terminate() == 0
     diff = before.diff(gw.snapshot(gw.server, server=True))
     assert not diff, f"after a crash and a clean second run the server namespace differs:\n{diff}"
     assert not tunlib_journals(gw.server)

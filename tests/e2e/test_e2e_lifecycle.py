@@ -5,23 +5,10 @@ its server, waits, and reconnects when the server is back."""
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 from collections.abc import Callable
 
-from netlab import Process, TunnelLab
-
-SHUTDOWN_DEADLINE = 2.0
-"""The design's promise: SIGTERM ends a client or the server, cleanly, this fast."""
-
-
-def terminate(process: Process) -> int:
-    """SIGTERM ``process`` and return its exit status, failing if it takes over 2 s."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(SHUTDOWN_DEADLINE)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"{process.name} still running {SHUTDOWN_DEADLINE} s after SIGTERM") from None
+from netlab import TunnelLab
 
 
 def icmp_replies(line: str) -> int:
@@ -40,14 +27,14 @@ def test_icmp_reply_answers_pings_in_user_space(make_lab: Callable[..., TunnelLa
     assert to_server.all_answered, to_server.output
     assert to_client.all_answered, to_client.output
 
-    assert terminate(client) == 0
+    assert client.terminate() == 0
     client_stats = client.wait_for_log(r"INFO client: .*stats: .*$")[0]
     assert icmp_replies(client_stats) >= 3, client_stats
     # The server counts its user-space replies on the session that asked; the session's
     # stats line appears when that client disconnects.
     server_stats = server.wait_for_log(r"client alice stats: .*$")[0]
     assert icmp_replies(server_stats) >= 3, server_stats
-    assert terminate(server) == 0
+    assert server.terminate() == 0
 
 
 def test_sigterm_shuts_down_cleanly(make_lab: Callable[..., TunnelLab], mode: tuple[str, ...]) -> None:
@@ -59,11 +46,11 @@ def test_sigterm_shuts_down_cleanly(make_lab: Callable[..., TunnelLab], mode: tu
     assert alice.ns.links("tun") == [alice.tun]
     assert lab.server.links("tun") == [lab.server_tun]
 
-    assert terminate(client) == 0
+    assert client.terminate() == 0
     assert alice.ns.links("tun") == [], "the client's TUN outlived the client"
     assert lab.journals(alice.ns) == [], "a clean exit must remove the client's journal"
     server.wait_for_log(r"client alice disconnected")
-    assert terminate(server) == 0
+    assert server.terminate() == 0
     assert lab.server.links("tun") == [], "the server's TUN outlived the server"
     assert lab.journals(lab.server) == [], "a clean exit must remove the server's journal"
     assert "Traceback" not in client.log() + server.log()
@@ -84,7 +71,7 @@ def test_client_rides_out_a_server_restart(make_lab: Callable[..., TunnelLab], m
     server = lab.start_server(*mode)
     alice = lab.add_client("alice")
     client = lab.start_client(alice)
-    assert terminate(server) == 0
+    assert server.terminate() == 0
     client.wait_for_log(r"connection to the server lost")
     assert client.returncode is None
     assert alice.ns.links("tun") == [alice.tun]
@@ -93,4 +80,4 @@ def test_client_rides_out_a_server_restart(make_lab: Callable[..., TunnelLab], m
     client.wait_for_log(r"reconnected to ")
     result = alice.ns.ping(lab.server_ip)
     assert result.all_answered, result.output
-    assert terminate(client) == 0
+    assert client.terminate() == 0
