@@ -168,7 +168,7 @@ class Server:
             return
         finally:
             self.pending.release()
-        session = ClientSession(record.name, record.public_key, record.address.packed, link, self.tun.offload)
+        session = ClientSession(record.name, record.public_key, record.address.packed, link)
         replaced = self.router.attach(session)
         if replaced is not None:
             log.info("client %s reconnected; closing its previous connection", record.name)

@@ -46,11 +46,8 @@ RECV_BUFFER_SIZE = 1 << 20
 SEND_BUFFER_SIZE = 1 << 19
 """Frames are collected up to this size before one ``sendall``."""
 SEND_QUEUE_PACKETS = 256
-"""Per-client queue bound on the server in plain mode (about 360 KB of 1,400-byte packets).
-When it is full the packet is dropped: the inner TCP sees a loss and slows down, instead of
-a growing wall of latency (TCP-over-TCP meltdown)."""
-SEND_QUEUE_SUPER_PACKETS = 32
-"""The same bound in offload mode, where a packet may be 64 KB: about 2 MB, not 16 MB."""
+SEND_QUEUE_BYTES = 2 << 20
+"""The two bounds of each client's queue on the server (see :class:`PacketQueue`)."""
 MAX_PACKET = 65535 + VIRTIO_NET_HDR_LEN
 
 
@@ -258,30 +255,40 @@ def pump_tun_to_link(tun: TunDevice, link: PeerLink, waker: Waker) -> None:
 class PacketQueue:
     """A bounded queue of packets for one client: drop-newest when full, never block.
 
-    ``queue.Queue`` would work but costs a lock and a condition per packet; a ``deque``'s
-    ``append``/``popleft`` are atomic under the GIL, and an :class:`threading.Event` wakes the
-    consumer only when it actually sleeps.
+    Bounded twice: at most SEND_QUEUE_PACKETS packets (plain mode: about 360 KB) and at most
+    SEND_QUEUE_BYTES (offload mode: 32 super-packets), so small inner ACKs are never starved
+    of slots by the packet bound, and 64 KB packets cannot pile up 16 MB of latency. A full
+    queue drops the packet: the inner TCP sees a loss and slows down instead of a growing wall
+    of latency (TCP-over-TCP meltdown). Several threads put (the TUN reader, other clients'
+    receivers), one takes; a plain lock keeps the byte count exact, and an
+    :class:`threading.Event` wakes the consumer only when it actually sleeps.
     """
 
-    def __init__(self, limit: int = SEND_QUEUE_PACKETS) -> None:
-        self.limit = limit
+    def __init__(self, max_packets: int = SEND_QUEUE_PACKETS, max_bytes: int = SEND_QUEUE_BYTES) -> None:
+        self.max_packets = max_packets
+        self.max_bytes = max_bytes
         self._items: deque[bytes | None] = deque()
+        self._bytes = 0
+        self._lock = threading.Lock()
         self._ready = threading.Event()
         self.dropped = 0
 
     def put(self, packet: bytes) -> bool:
         """Queue ``packet``; return False, counting it in ``dropped``, if the queue is full."""
-        if len(self._items) >= self.limit:
-            self.dropped += 1
-            return False
-        self._items.append(packet)
+        with self._lock:
+            if len(self._items) >= self.max_packets or self._bytes + len(packet) > self.max_bytes:
+                self.dropped += 1
+                return False
+            self._items.append(packet)
+            self._bytes += len(packet)
         if not self._ready.is_set():
             self._ready.set()
         return True
 
     def close(self) -> None:
         """Make the consumer's :meth:`get_batch` return an empty list."""
-        self._items.append(None)
+        with self._lock:
+            self._items.append(None)
         self._ready.set()
 
     def get_batch(self, limit: int = 64) -> list[bytes]:
@@ -293,11 +300,13 @@ class PacketQueue:
                 break
             ready.wait()
         batch: list[bytes] = []
-        while items and len(batch) < limit:
-            packet = items.popleft()
-            if packet is None:
-                return []
-            batch.append(packet)
+        with self._lock:
+            while items and len(batch) < limit:
+                packet = items.popleft()
+                if packet is None:
+                    return []
+                batch.append(packet)
+                self._bytes -= len(packet)
         return batch
 
 
@@ -364,12 +373,12 @@ def make_client_deliver(
 class ClientSession:
     """The server's view of one connected client: its link, its queue, its threads."""
 
-    def __init__(self, name: str, public_key: bytes, address: bytes, link: PeerLink, offload: bool) -> None:
+    def __init__(self, name: str, public_key: bytes, address: bytes, link: PeerLink) -> None:
         self.name = name
         self.public_key = public_key
         self.address = address
         self.link = link
-        self.queue = PacketQueue(SEND_QUEUE_SUPER_PACKETS if offload else SEND_QUEUE_PACKETS)
+        self.queue = PacketQueue()
         self.threads: list[threading.Thread] = []
 
     def stats(self) -> str:
