@@ -219,8 +219,8 @@ def resolve_endpoint(endpoint: str) -> tuple[str, int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    profile = Profile.load(args.config)
     require_net_admin()
+    profile = Profile.load(args.config)
     server_ip, port = resolve_endpoint(args.endpoint or profile.endpoint)
     tunnel = Tunnel(args, profile, server_ip, port)
     try:

@@ -274,12 +274,12 @@ def cmd_remove_client(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    require_net_admin()
     state = ServerState(args.state_dir)
     settings = state.settings()
     state.private_key()
     if len(args.dns) > MAX_DNS_SERVERS:
         raise UserError(f"at most {MAX_DNS_SERVERS} --dns servers (the resolver reads no more)")
-    require_net_admin()
     journal = Journal(journal_path("server", args.tun))
     listener = bind_listener(args.listen or settings.listen)
     tun = None
