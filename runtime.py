@@ -97,9 +97,12 @@ class StopSignal:
         return self.wait(0)
 
     def clear(self) -> None:
+        """Lower the flag raised by a thread; a signal, once received, stays raised."""
         with contextlib.suppress(BlockingIOError):
             while os.read(self._read_fd, 64):
                 pass
+        if self.signal_name:
+            self.set()
 
 
 def add_cleanup_command(sub: argparse._SubParsersAction, role: str, what: str) -> None:
