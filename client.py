@@ -46,14 +46,6 @@ STABLE_SESSION = 10.0
 profile (each new session displaces the other) retry slowly instead of fighting in a loop."""
 
 
-class ConnectError(UserError):
-    """Dialing or the handshake failed; ``permanent`` when retrying cannot help."""
-
-    def __init__(self, message: str, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
 class Tunnel:
     """The client's long-lived state: TUN, host changes, and the current session."""
 
@@ -63,7 +55,8 @@ class Tunnel:
         self.endpoint = f"{server_ip}:{port}"
         self.server_ip = server_ip
         self.port = port
-        self.stop = StopSignal(on_usr1=self.log_stats)
+        self.stop = StopSignal()
+        self.stop.on_usr1(self.log_stats)
         self.journal = Journal(journal_path("client", args.tun))
         self.gateway = ClientGateway(self.journal, args.tun)
         self.tun: TunDevice | None = None
@@ -85,14 +78,13 @@ class Tunnel:
                 return client_handshake(sock, self.profile)
             except HandshakeFailed as exc:
                 sock.close()
-                raise ConnectError(f"handshake with {self.endpoint} failed: {exc}", exc.permanent) from None
+                raise UserError(f"handshake with {self.endpoint} failed: {exc}") from None
             except BaseException:
                 sock.close()
                 raise
 
     def setup(self) -> None:
-        """Everything before the first packet flows; any failure leaves nothing behind."""
-        self.journal.claim("client.py")
+        """Everything before the first packet flows; teardown() undoes it all after a failure."""
         if self.args.kill_switch:
             self.gateway.kill_switch(self.server_ip, self.port)
         self.settings, self.link = self.connect()
@@ -157,7 +149,7 @@ class Tunnel:
     def reconnect(self) -> PeerLink | None:
         """Dial again, with backoff after failures, until it works or a signal arrives.
 
-        Gives up (raising) when the server refuses us for good, or changed our settings.
+        Gives up (raising) only if the server changed our settings.
         """
         while not self.stop.is_set():
             if self.failures:
@@ -170,8 +162,8 @@ class Tunnel:
             except StopRequested:
                 return None
             except UserError as exc:
-                if isinstance(exc, ConnectError) and exc.permanent:
-                    raise
+                # Even a "final" REJECT is retried here: it is unauthenticated, and giving up
+                # would lift the kill switch for whoever forged it. The user sees why in the log.
                 log.warning("reconnect failed: %s", exc)
                 self.failures += 1
                 continue
@@ -223,6 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     profile = Profile.load(args.config)
     server_ip, port = resolve_endpoint(args.endpoint or profile.endpoint)
     tunnel = Tunnel(args, profile, server_ip, port)
+    tunnel.journal.claim("client.py")  # refuses, changing nothing, if a live client owns this TUN
     try:
         tunnel.setup()
         return tunnel.run()

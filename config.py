@@ -39,11 +39,11 @@ from pathlib import Path
 
 from errors import UserError
 from handshake import generate_private_key, public_key
+from messages import DEFAULT_MTU, MAX_MTU, MIN_MTU, valid_mtu
 
 DEFAULT_PORT = 55555
 DEFAULT_SUBNET = "10.0.0.0/24"
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
-DEFAULT_MTU = 1400
 KEY_LEN = 32
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,17 @@ def format_endpoint(host: str, port: int) -> str:
 
 
 def write_private_file(path: Path, text: str) -> None:
-    """Write a secret so that only root can ever read it: created 0600, never widened."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write a secret so that only root can ever read it: created 0600, never widened.
+
+    Written to a temporary name and renamed into place, so a running server that reads the
+    registry never sees a half-written file.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.chmod(path, 0o600)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict:
@@ -196,14 +202,29 @@ class ServerState:
             listen, endpoint, mtu = str(raw["listen"]), str(raw["endpoint"]), raw["mtu"]
         except KeyError as exc:
             raise UserError(f"{self.settings_path}: missing {exc}") from None
-        if not isinstance(mtu, int) or not 576 <= mtu <= 65535:
-            raise UserError(f"{self.settings_path}: mtu must be an integer in 576..65535")
+        if not valid_mtu(mtu):
+            raise UserError(f"{self.settings_path}: mtu must be an integer in {MIN_MTU}..{MAX_MTU}")
         return ServerSettings(subnet, listen, endpoint, mtu)
 
     def clients(self) -> list[ClientRecord]:
+        """Every registered client; a bad record is an error (for the commands that edit)."""
         if not self.clients_dir.is_dir():
             return []
         return [self._load_client(p) for p in sorted(self.clients_dir.glob("*.json"))]
+
+    def readable_clients(self) -> list[ClientRecord]:
+        """Every client whose record can be read, logging the others.
+
+        The running server uses this: one damaged file must cost that one client its access,
+        not lock every client out.
+        """
+        records = []
+        for path in sorted(self.clients_dir.glob("*.json")):
+            try:
+                records.append(self._load_client(path))
+            except UserError as exc:
+                log.error("skipping client record: %s", exc)
+        return records
 
     def _load_client(self, path: Path) -> ClientRecord:
         raw = _read_json(path)

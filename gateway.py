@@ -20,11 +20,11 @@ import ipaddress
 import logging
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 from errors import UserError
 from journal import Journal
+from netsetup import run_command
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def route_to(address: str) -> list[str]:
     Asks the kernel (``ip route get``) how it reaches the server right now, before the
     half-routes exist. Returns [] when the server is local (the single-host demo).
     """
-    result = subprocess.run(["ip", "-4", "route", "get", address], capture_output=True, text=True, check=False)
+    result = run_command(["ip", "-4", "route", "get", address])
     if result.returncode != 0:
         raise UserError(f"no route to the server {address}: {result.stderr.strip()}")
     words = result.stdout.split()

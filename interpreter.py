@@ -13,8 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+from runtime import EXIT_USER_ERROR  # needs nothing from requirements.txt
+
 VENV = Path(__file__).resolve().parent / ".venv"
-EXIT_USER_ERROR = 2
 
 
 def requirements_met() -> bool:

@@ -22,11 +22,11 @@ import json
 import logging
 import os
 import socket
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from errors import UserError
+from netsetup import run_command
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,6 @@ def journal_path(role: str, tun: str, directory: Path = JOURNAL_DIR) -> Path:
 def journals_for(role: str, directory: Path = JOURNAL_DIR) -> list[Path]:
     """Every journal of ``role`` ("client" or "server") left in this network namespace."""
     return sorted(directory.glob(f"{role}-{netns_id()}-*.json"))
-
-
-def _run(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    log.debug("run: %s", " ".join(args))
-    return subprocess.run(args, input=stdin, capture_output=True, text=True, check=False)
 
 
 def write_in_place(path: str, data: bytes) -> None:
@@ -150,18 +145,24 @@ class Journal:
             return step["pid"] if step.get("program", "").encode() in cmdline else None
         return None
 
+    def _forget_last(self) -> None:
+        """Drop the newest step: its change was refused, so there is nothing to undo."""
+        steps = self._load()
+        self.path.write_text(json.dumps(steps[:-1], indent=1))
+
     # -- the kinds of change, each recorded then made ------------------------
     def add_route(self, spec: list[str]) -> None:
         """``ip route add SPEC``, undone by ``ip route del SPEC``."""
         self.record({"kind": "route", "spec": spec})
-        result = _run(["ip", "route", "add", *spec])
+        result = run_command(["ip", "route", "add", *spec])
         if result.returncode != 0:
+            self._forget_last()  # e.g. the route already existed: it is not ours to delete
             raise UserError(f"'ip route add {' '.join(spec)}' failed: {result.stderr.strip()}")
 
     def add_nft_table(self, family: str, name: str, ruleset: str) -> None:
         """Load a whole nftables table in one transaction (``nft -f``), undone by deleting it."""
         self.record({"kind": "nft_table", "family": family, "name": name})
-        result = _run(["nft", "-f", "-"], stdin=ruleset)
+        result = run_command(["nft", "-f", "-"], stdin=ruleset)
         if result.returncode != 0:
             raise UserError(f"nft refused the {family} {name} table: {result.stderr.strip()}")
 
@@ -180,7 +181,7 @@ class Journal:
     def resolvectl(self, interface: str, args: list[str]) -> None:
         """Per-interface DNS through systemd-resolved, undone with ``resolvectl revert``."""
         self.record({"kind": "resolvectl", "interface": interface})
-        result = _run(["resolvectl", *args])
+        result = run_command(["resolvectl", *args])
         if result.returncode != 0:
             raise UserError(f"'resolvectl {' '.join(args)}' failed: {result.stderr.strip()}")
 
@@ -198,7 +199,7 @@ class Journal:
         for step in reversed(steps):
             try:
                 _undo_step(step)
-            except (OSError, KeyError, ValueError) as exc:
+            except (OSError, KeyError, ValueError, UserError) as exc:
                 log.warning("could not undo %s: %s", step, exc)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
@@ -210,15 +211,15 @@ def _undo_step(step: dict) -> None:
     if kind == "owner":
         return
     if kind == "route":
-        _run(["ip", "route", "del", *step["spec"]])
+        run_command(["ip", "route", "del", *step["spec"]])
     elif kind == "nft_table":
-        _run(["nft", "delete", "table", step["family"], step["name"]])
+        run_command(["nft", "delete", "table", step["family"], step["name"]])
     elif kind == "sysctl":
         Path(step["path"]).write_text(step["value"])
     elif kind == "file":
         write_in_place(step["path"], base64.b64decode(step["content"]))
     elif kind == "resolvectl":
-        _run(["resolvectl", "revert", step["interface"]])
+        run_command(["resolvectl", "revert", step["interface"]])
     else:
         raise ValueError(f"unknown step kind {kind!r}")
     log.info("undid %s", kind if kind != "route" else "route " + " ".join(step["spec"]))

@@ -26,6 +26,13 @@ MAX_PAYLOAD = 512
 """Upper bound for either payload, checked before JSON parsing."""
 
 DEFAULT_MTU = 1400
+MIN_MTU = 576
+"""The smallest datagram every IPv4 host must accept (RFC 791)."""
+MAX_MTU = 65535
+
+
+def valid_mtu(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and MIN_MTU <= value <= MAX_MTU
 
 
 class MessageError(ValueError):
@@ -123,8 +130,8 @@ class SessionSettings:
             dns = tuple(ipaddress.IPv4Address(_text(d)) for d in _list(fields.get("dns", [])))
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"bad session settings: {exc!r}") from None
-        if not isinstance(mtu, int) or isinstance(mtu, bool) or not 576 <= mtu <= 65535:
-            raise MessageError("session settings: mtu must be an integer in 576..65535")
+        if not valid_mtu(mtu):
+            raise MessageError(f"session settings: mtu must be an integer in {MIN_MTU}..{MAX_MTU}")
         if not isinstance(offload, bool):
             raise MessageError("session settings: offload must be true or false")
         return cls(address, server_address, mtu, offload, routes, dns)

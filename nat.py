@@ -12,11 +12,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import shutil
-import subprocess
 
 from errors import UserError
 from gateway import nft_name
 from journal import Journal
+from netsetup import run_command
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 
 def default_egress() -> str:
     """The interface of the IPv4 default route: where forwarded traffic leaves."""
-    result = subprocess.run(["ip", "-4", "route", "show", "default"], capture_output=True, text=True, check=False)
+    result = run_command(["ip", "-4", "route", "show", "default"])
     words = result.stdout.split()
     if "dev" not in words:
         raise UserError("no IPv4 default route to find the egress interface: pass --egress IFACE")
@@ -57,8 +57,8 @@ def nat_ruleset(table: str, subnet: ipaddress.IPv4Network, tun: str, egress: str
 """
 
 
-def enable_nat(journal: Journal, subnet: ipaddress.IPv4Network, tun: str, egress: str | None) -> str:
-    """Turn on forwarding and NAT for the tunnel; return the egress interface used."""
+def enable_nat(journal: Journal, subnet: ipaddress.IPv4Network, tun: str, egress: str | None) -> None:
+    """Turn on forwarding and NAT for the tunnel, out of ``egress`` or the default route's interface."""
     if shutil.which("nft") is None:
         raise UserError("--nat needs the 'nft' command: install nftables")
     egress = egress or default_egress()
@@ -66,4 +66,3 @@ def enable_nat(journal: Journal, subnet: ipaddress.IPv4Network, tun: str, egress
     journal.add_nft_table("ip", table, nat_ruleset(table, subnet, tun, egress))
     journal.set_sysctl(IP_FORWARD, "1\n")
     log.info("NAT on: %s masqueraded out of %s (nft table ip %s)", subnet, egress, table)
-    return egress

@@ -1,4 +1,4 @@
-"""Configure a tunnel interface with the ``ip`` command from iproute2.
+"""Configure a tunnel interface with the ``ip`` command from iproute2, and run such commands.
 
 We call ``ip`` rather than speaking netlink ourselves so that every step is a command a reader
 can type by hand; ``-v`` logs each one. The interface disappears with the TUN descriptor, and
@@ -16,14 +16,23 @@ from errors import UserError
 
 log = logging.getLogger(__name__)
 
+PACKAGES = {"ip": "iproute2", "nft": "nftables", "resolvectl": "systemd-resolved"}
+
+
+def run_command(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a network command (``ip``, ``nft``, ``resolvectl``), logging it with ``-v``.
+
+    A missing command is a one-line :class:`UserError` naming the package to install.
+    """
+    if shutil.which(args[0]) is None:
+        raise UserError(f"the '{args[0]}' command is missing: install {PACKAGES.get(args[0], args[0])}")
+    log.debug("run: %s", " ".join(args))
+    return subprocess.run(args, input=stdin, capture_output=True, text=True, check=False)
+
 
 def run_ip(*args: str) -> None:
     """Run ``ip ARGS``; a failure becomes a one-line :class:`UserError`."""
-    ip = shutil.which("ip")
-    if ip is None:
-        raise UserError("the 'ip' command is missing: install iproute2")
-    log.debug("ip %s", " ".join(args))
-    result = subprocess.run([ip, *args], capture_output=True, text=True, check=False)
+    result = run_command(["ip", *args])
     if result.returncode != 0:
         raise UserError(f"'ip {' '.join(args)}' failed: {result.stderr.strip()}")
 
@@ -32,7 +41,3 @@ def configure_interface(name: str, address: ipaddress.IPv4Interface, mtu: int) -
     """Give the interface its address (which also installs the subnet route), MTU, and bring it up."""
     run_ip("address", "add", str(address), "dev", name)
     run_ip("link", "set", "dev", name, "mtu", str(mtu), "up")
-
-
-def add_route(network: ipaddress.IPv4Network, device: str) -> None:
-    run_ip("route", "replace", str(network), "dev", device)

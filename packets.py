@@ -1,11 +1,10 @@
 """Just enough IPv4 for a VPN data path: addresses, the internet checksum, and ping replies.
 
-A tunnel mostly moves packets without looking inside them. It needs to look in three
-situations, and this module covers each one:
+A tunnel mostly moves packets without looking inside them. Routing needs only the IPv4
+source and destination addresses, at fixed offsets 12 and 16, which the data path
+(tunlib.py) slices out inline because it does so for every packet. This module covers the
+two other reasons to look inside:
 
-* Routing. The server has to know which client a packet is for, so it reads the IPv4
-  destination address (`ipv4_src_dst`). This runs for every packet, so it is a few
-  slices and comparisons and nothing more.
 * Checksums. IPv4 and ICMP protect their headers with the ones'-complement "internet
   checksum" of RFC 1071 (`internet_checksum`).
 * Answering ping. A tunnel endpoint that answers pings to its own tunnel address
@@ -80,25 +79,6 @@ def internet_checksum(data: Buffer) -> int:
     if folded == 0 and total:
         folded = 0xFFFF
     return ~folded & 0xFFFF
-
-
-def ipv4_src_dst(packet: Buffer) -> tuple[bytes, bytes] | None:
-    """Return the 4-byte (source, destination) addresses of an IPv4 packet, or None.
-
-    None means `packet` does not start with a plausible IPv4 header: too short, a
-    version other than 4, or a header length (IHL) below 5 words or longer than the
-    packet. The checksum is not verified here. The receiving kernel does that, and
-    this function runs once per packet on the data path, so it does only what routing
-    needs.
-    """
-    if len(packet) < _IPV4_MIN_HEADER_LEN:
-        return None
-    first = packet[0]
-    header_len = (first & 0x0F) * 4
-    if first >> 4 != 4 or header_len < _IPV4_MIN_HEADER_LEN or header_len > len(packet):
-        return None
-    # bytes() of a bytes slice is the same object, so this copies only for memoryviews.
-    return bytes(packet[12:16]), bytes(packet[16:20])
 
 
 def _options_allow_reply(options: Buffer) -> bool:

@@ -47,20 +47,23 @@ class StopRequested(Exception):
 class StopSignal:
     """A stop flag that signal handlers and threads can both raise.
 
-    SIGINT and SIGTERM raise it; SIGUSR1 calls ``on_usr1``. It is a pipe, not a
+    SIGINT and SIGTERM raise it. It is a pipe, not a
     ``threading.Event``: a signal handler runs in the main thread between two bytecodes, possibly
     while that thread holds the Event's internal lock inside ``wait()``, and setting the Event
     there would deadlock. Writing a byte to a pipe is safe anywhere.
     """
 
-    def __init__(self, on_usr1: Callable[[], None] | None = None) -> None:
+    def __init__(self) -> None:
         self._read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.signal_name = ""
         self._interrupt = False
         signal.signal(signal.SIGINT, self._handle)
         signal.signal(signal.SIGTERM, self._handle)
-        if on_usr1 is not None:
-            signal.signal(signal.SIGUSR1, lambda _sig, _frame: on_usr1())
+
+    @staticmethod
+    def on_usr1(callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the main thread) on SIGUSR1: the programs log their counters."""
+        signal.signal(signal.SIGUSR1, lambda _sig, _frame: callback())
 
     def _handle(self, signum: int, _frame: object) -> None:
         self.signal_name = signal.Signals(signum).name
@@ -132,6 +135,11 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str
         code = args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_USER_ERROR
+    except OSError as exc:
+        # The environment said no (a permission, a missing file, a full disk): the user can act
+        # on that, so it gets the same one line as a UserError rather than a traceback.
+        print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
         code = EXIT_USER_ERROR
     except KeyboardInterrupt:
         code = 130

@@ -10,7 +10,8 @@
     server.py cleanup           # undo NAT rules and sysctls left by a crashed run
 
 Threads while running: one accepts connections; one reads the TUN and routes each packet to
-its client's queue; and per client, one receiver (socket -> TUN) and one sender (queue -> socket).
+its client's queue; one watches the client registry; and per connection, one that runs the
+handshake and then receives (socket -> TUN), plus one sender (queue -> socket) per client.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
@@ -35,7 +37,7 @@ from netsetup import configure_interface
 from runtime import StopSignal, add_cleanup_command, require_net_admin, run_main
 from session import Admission, HandshakeFailed, server_handshake, tune_carrier
 from tundev import TunDevice, open_tun
-from tunlib import ClientSession, LinkClosed, ServerRouter, Waker, pump_queue_to_link
+from tunlib import ClientSession, LinkClosed, PeerLink, ServerRouter, Waker, pump_queue_to_link
 
 log = logging.getLogger("server")
 
@@ -43,6 +45,8 @@ MAX_PENDING_HANDSHAKES = 64
 """Connections still in their handshake at once. Past this, new ones are closed at once, so
 a flood of idle connections cannot exhaust threads; established sessions are unaffected."""
 SHUTDOWN_JOIN_TIMEOUT = 1.0
+"""All threads together get this long to finish at shutdown (the promise is 2 s in all)."""
+ACCEPT_RETRY_DELAY = 0.1
 REGISTRY_POLL_INTERVAL = 2.0
 MAX_DNS_SERVERS = 3
 """glibc's resolver reads at most three nameserver lines (MAXNS)."""
@@ -76,17 +80,15 @@ class Server:
             state.private_key(), self.lookup, self.timestamp_is_new, self.confirm_timestamp, self.settings_for
         )
         self.threads: list[threading.Thread] = []
+        self.connections: set[threading.Thread] = set()
+        """One thread per connection: its handshake, then its receiver."""
+        self.connections_lock = threading.Lock()
 
     # -- admission policy ---------------------------------------------------
     def lookup(self, public_key: bytes) -> ClientRecord | None:
         """Find a registered client by key, reading the state directory afresh each time,
         so ``add-client`` and ``remove-client`` take effect without a restart."""
-        try:
-            clients = self.state.clients()
-        except UserError as exc:
-            log.error("client registry: %s", exc)
-            return None
-        return next((c for c in clients if c.public_key == public_key), None)
+        return next((c for c in self.state.readable_clients() if c.public_key == public_key), None)
 
     def timestamp_is_new(self, public_key: bytes, timestamp: bytes) -> bool:
         with self.timestamps_lock:
@@ -130,11 +132,7 @@ class Server:
         session too (within REGISTRY_POLL_INTERVAL), as removing a WireGuard peer does.
         """
         while not self.stopping.wait(REGISTRY_POLL_INTERVAL):
-            try:
-                registered = {(c.public_key, c.address.packed) for c in self.state.clients()}
-            except UserError as exc:
-                log.error("client registry: %s", exc)
-                continue
+            registered = {(c.public_key, c.address.packed) for c in self.state.readable_clients()}
             for session in list(self.router.sessions.values()):
                 if (session.public_key, session.address) not in registered:
                     log.info("client %s is no longer registered; closing its session", session.name)
@@ -144,30 +142,46 @@ class Server:
         while not self.stopping.is_set():
             try:
                 sock, peer = self.listener.accept()
-            except OSError:
+            except OSError as exc:
                 if self.stopping.is_set():
                     return
+                log.warning("accept failed: %s", exc.strerror or exc)
+                self.stopping.wait(ACCEPT_RETRY_DELAY)  # e.g. out of file descriptors: don't spin
                 continue
             if not self.pending.acquire(blocking=False):
                 log.warning("too many handshakes in progress; dropping connection from %s", peer[0])
                 sock.close()
                 continue
-            threading.Thread(
+            thread = threading.Thread(
                 target=self.serve_connection, args=(sock, peer), name=f"conn-{peer[0]}", daemon=True
-            ).start()
+            )
+            with self.connections_lock:
+                self.connections.add(thread)
+            thread.start()
 
     def serve_connection(self, sock: socket.socket, peer: tuple) -> None:
         """Handshake, then run this client's session until it ends. Never raises."""
         where = f"{peer[0]}:{peer[1]}"
         try:
-            tune_carrier(sock)
-            record, settings, link = server_handshake(sock, self.admission)
-        except (HandshakeFailed, OSError) as exc:
-            log.info("refused connection from %s: %s", where, exc)
-            sock.close()
-            return
+            try:
+                tune_carrier(sock)
+                record, settings, link = server_handshake(sock, self.admission)
+            except (HandshakeFailed, OSError) as exc:
+                log.info("refused connection from %s: %s", where, exc)
+                sock.close()
+                return
+            finally:
+                self.pending.release()
+            self.run_session(record, settings, link, where)
         finally:
-            self.pending.release()
+            with self.connections_lock:
+                self.connections.discard(threading.current_thread())
+
+    def run_session(self, record: ClientRecord, settings: SessionSettings, link: PeerLink, where: str) -> None:
+        """Route to this client and carry its packets until its connection ends."""
+        if self.stopping.is_set():
+            link.close()
+            return
         session = ClientSession(record.name, record.public_key, record.address.packed, link)
         replaced = self.router.attach(session)
         if replaced is not None:
@@ -210,8 +224,11 @@ class Server:
         for session in list(self.router.sessions.values()):
             session.close()
         self.waker.wake()
-        for thread in self.threads:
-            thread.join(SHUTDOWN_JOIN_TIMEOUT)
+        with self.connections_lock:
+            connections = list(self.connections)
+        deadline = time.monotonic() + SHUTDOWN_JOIN_TIMEOUT
+        for thread in [*self.threads, *connections]:  # nobody may touch the TUN once it is closed
+            thread.join(max(0.0, deadline - time.monotonic()))
         self.tun.close()
         self.waker.close()
 
@@ -280,11 +297,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     state.private_key()
     if len(args.dns) > MAX_DNS_SERVERS:
         raise UserError(f"at most {MAX_DNS_SERVERS} --dns servers (the resolver reads no more)")
+    stop = StopSignal()  # from here on, SIGTERM means "shut down in order", never "die"
     journal = Journal(journal_path("server", args.tun))
-    listener = bind_listener(args.listen or settings.listen)
-    tun = None
+    journal.claim("server.py")  # refuses, changing nothing, if a live server owns this TUN
+    listener = tun = None
     try:
-        journal.claim("server.py")
+        listener = bind_listener(args.listen or settings.listen)
         tun = open_tun(args.tun, offload=not args.no_offload)
         configure_interface(tun.name, settings.server_interface, settings.mtu)
         if args.nat:
@@ -297,7 +315,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             icmp_reply=args.icmp_reply,
             dns=tuple(args.dns),
         )
-        stop = StopSignal(on_usr1=server.log_stats)
+        stop.on_usr1(server.log_stats)
         server.start()
         log.info(
             "serving on %s, %s %s in %s mode%s",
@@ -311,7 +329,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("%s received, shutting down", stop.signal_name)
         server.stop()
     finally:
-        listener.close()
+        if listener is not None:
+            listener.close()
         if tun is not None:
             tun.close()
         journal.undo()

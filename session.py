@@ -52,20 +52,8 @@ REJECT_MESSAGES = {
 }
 
 
-PERMANENT_REJECTIONS = frozenset({RejectReason.UNDECRYPTABLE, RejectReason.UNKNOWN_CLIENT, RejectReason.BAD_HELLO})
-"""Refusals that retrying cannot fix: the client gives up instead of reconnecting forever."""
-
-
 class HandshakeFailed(Exception):
-    """The peer failed the handshake; the connection is closed and the peer told why if useful.
-
-    ``permanent`` is True when the server said why and retrying cannot help (wrong key, not
-    registered): like OpenVPN's AUTH_FAILED, the client then stops instead of retrying.
-    """
-
-    def __init__(self, message: str, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
+    """The peer failed the handshake; the connection is closed and the peer told why if useful."""
 
 
 def tune_carrier(sock: socket.socket) -> None:
@@ -142,10 +130,7 @@ def client_handshake(sock: socket.socket, profile: Profile) -> tuple[SessionSett
     decoder = FrameDecoder(MAX_HANDSHAKE_BODY, RECV_BUFFER_SIZE)
     frame_type, body = read_handshake_frame(sock, decoder, deadline)
     if frame_type == FrameType.REJECT and len(body) == 1 and body[0] in REJECT_MESSAGES:
-        reason = RejectReason(body[0])
-        raise HandshakeFailed(
-            f"server refused the handshake: {REJECT_MESSAGES[reason]}", permanent=reason in PERMANENT_REJECTIONS
-        )
+        raise HandshakeFailed(f"server refused the handshake: {REJECT_MESSAGES[RejectReason(body[0])]}")
     if frame_type != FrameType.HANDSHAKE_RESPONSE:
         raise HandshakeFailed(f"expected a handshake response, got frame type {frame_type}")
     try:

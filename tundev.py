@@ -11,7 +11,7 @@ Two modes:
   otherwise have cut into MTU-sized pieces. The peer writes it, header and all, into its own
   TUN, and the receiving kernel handles it as one packet. Python then pays its per-packet cost
   once per 64 KB instead of once per 1.4 KB. (Constants from ``<linux/if_tun.h>``; measured
-  behaviour in ``shared/notes/tun-offload.md``.)
+  behaviour in ``../shared/notes/tun-offload.md``, beside the repository.)
 """
 
 from __future__ import annotations

@@ -33,11 +33,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
-from framing import AEAD_TAG_LEN, HEADER_LEN, MAX_FRAME_BODY, FrameDecoder, FrameError, FrameType
+from framing import AEAD_TAG_LEN, HEADER_LEN, MAX_FRAME_BODY, MAX_PACKET_LEN, FrameDecoder, FrameError, FrameType
 from packets import echo_reply_for
 from transport import DecryptError, NonceExhausted, ReceiveState, SendState
 from tundev import TunDevice
-from vnet import PLAIN_VNET_HDR, VIRTIO_NET_HDR_LEN, vnet_problem
+from vnet import PLAIN_VNET_HDR, vnet_problem
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,13 @@ SEND_BUFFER_SIZE = 1 << 19
 SEND_QUEUE_PACKETS = 256
 SEND_QUEUE_BYTES = 2 << 20
 """The two bounds of each client's queue on the server (see :class:`PacketQueue`)."""
-MAX_PACKET = 65535 + VIRTIO_NET_HDR_LEN
 
 
 @dataclass
 class Counters:
-    """Per-tunnel statistics, logged at exit and on SIGUSR1. Plain ints: each is written by
-    one thread, so no lock is needed, and an increment costs almost nothing."""
+    """Per-tunnel statistics, logged at exit and on SIGUSR1. Plain ints, so an increment costs
+    almost nothing: the receive counters belong to the receiving thread alone, and the send
+    counters are only touched under the link's ``send_lock``."""
 
     tx_packets: int = 0
     tx_bytes: int = 0
@@ -214,7 +214,7 @@ def read_tun(tun: TunDevice, waker: Waker, counters: Counters) -> Iterator[memor
     one is read. Anything but IPv4 is dropped and counted: the tunnel carries IPv4 only.
     """
     poller = _make_poller(tun, waker)
-    buf = memoryview(bytearray(MAX_PACKET))
+    buf = memoryview(bytearray(MAX_PACKET_LEN))
     bufs = [buf]
     readv, fd = os.readv, tun.fd
     version_at, minimum = tun.vnet_hdr_len, tun.vnet_hdr_len + 20
@@ -228,10 +228,12 @@ def read_tun(tun: TunDevice, waker: Waker, counters: Counters) -> Iterator[memor
                 if exc.errno == errno.EBADFD:
                     return
                 raise
-            if length < minimum or buf[version_at] >> 4 != 4:
+            if length < minimum:
+                counters.dropped_malformed += 1
+            elif buf[version_at] >> 4 != 4:
                 counters.dropped_ipv6 += 1
-                continue
-            yield buf[:length]
+            else:
+                yield buf[:length]
         yield None
 
 
@@ -243,13 +245,13 @@ def pump_tun_to_link(tun: TunDevice, link: PeerLink, waker: Waker) -> None:
     counters = link.counters
     append, flush, lock = link.append, link.flush, link.send_lock
     for packet in read_tun(tun, waker, counters):
-        with lock:
+        with lock:  # the receiver thread may send an ICMP reply: same buffer, same counters
             if packet is None:
                 flush()
                 continue
             append(packet)
-        counters.tx_packets += 1
-        counters.tx_bytes += len(packet)
+            counters.tx_packets += 1
+            counters.tx_bytes += len(packet)
 
 
 class PacketQueue:
@@ -332,6 +334,18 @@ def write_to_tun(tun_fd: int, packet: memoryview | bytes, counters: Counters) ->
             counters.dropped_tun_write += 1
 
 
+def acceptable(packet: memoryview, vnet_hdr_len: int, counters: Counters) -> bool:
+    """Whether a plaintext from the peer may go on: an IPv4 packet behind a virtio-net header
+    the kernel will take (offload mode). Anything else is dropped and counted, never fatal."""
+    if len(packet) < vnet_hdr_len + 20 or packet[vnet_hdr_len] >> 4 != 4:
+        counters.dropped_malformed += 1
+        return False
+    if vnet_hdr_len and vnet_problem(packet) is not None:
+        counters.dropped_bad_vnet += 1
+        return False
+    return True
+
+
 def icmp_reply(packet: memoryview, own_address: bytes, vnet_hdr_len: int) -> bytes | None:
     """The user-space echo reply for ``packet`` (which may carry a virtio-net header), or None.
 
@@ -353,11 +367,7 @@ def make_client_deliver(
     fd, offset, counters = tun.fd, tun.vnet_hdr_len, link.counters
 
     def deliver(packet: memoryview) -> None:
-        if len(packet) < offset + 20 or packet[offset] >> 4 != 4:
-            counters.dropped_malformed += 1
-            return
-        if offset and vnet_problem(packet) is not None:
-            counters.dropped_bad_vnet += 1
+        if not acceptable(packet, offset, counters):
             return
         if answer_icmp and packet[offset + 16 : offset + 20] == own_address:
             reply = icmp_reply(packet, own_address, offset)
@@ -379,7 +389,6 @@ class ClientSession:
         self.address = address
         self.link = link
         self.queue = PacketQueue()
-        self.threads: list[threading.Thread] = []
 
     def stats(self) -> str:
         drops = f" dropped_queue_full={self.queue.dropped}" if self.queue.dropped else ""
@@ -441,14 +450,10 @@ class ServerRouter:
         src_slice, dst_slice = slice(offset + 12, offset + 16), slice(offset + 16, offset + 20)
 
         def deliver(packet: memoryview) -> None:
-            if len(packet) < offset + 20 or packet[offset] >> 4 != 4:
-                counters.dropped_malformed += 1
+            if not acceptable(packet, offset, counters):
                 return
             if packet[src_slice] != source:
                 counters.dropped_spoofed += 1
-                return
-            if offset and vnet_problem(packet) is not None:
-                counters.dropped_bad_vnet += 1
                 return
             dst = bytes(packet[dst_slice])
             peer = sessions.get(dst)
@@ -458,8 +463,8 @@ class ServerRouter:
             if answer_icmp and dst == own:
                 reply = icmp_reply(packet, own, offset)
                 if reply is not None:
-                    counters.icmp_replies += 1
-                    session.queue.put(reply)
+                    if session.queue.put(reply):
+                        counters.icmp_replies += 1
                     return
             write_to_tun(fd, packet, counters)
 

@@ -12,7 +12,7 @@ cannot:
 * "I am many packets in one" (gso_type, gso_size, hdr_len). A TCP "super-packet" of up
   to 64 KB stands for a run of segments of gso_size bytes each. Passing one of them
   instead of ~48 MTU-sized packets is what makes a Python tunnel fast; see
-  shared/notes/tun-offload.md.
+  ../shared/notes/tun-offload.md (beside the repository).
 
 The tunnel copies the header from one end's TUN read to the other end's TUN write
 unchanged. The writing end's kernel rejects a bad header with EINVAL

@@ -14,7 +14,6 @@ from packets import (
     IPPROTO_ICMP,
     echo_reply_for,
     internet_checksum,
-    ipv4_src_dst,
 )
 
 # One real ICMP echo request, as sent by iputils `ping -c1 -W1 10.99.0.2` (56 data bytes:
@@ -165,37 +164,6 @@ def test_checksum_inserted_sums_to_zero(data: bytes, draw: st.DataObject) -> Non
     buf[position : position + 2] = b"\x00\x00"
     struct.pack_into("!H", buf, position, internet_checksum(buf))
     assert internet_checksum(buf) == 0
-
-
-# --- ipv4_src_dst ----------------------------------------------------------------------
-
-
-def test_src_dst_of_real_packet() -> None:
-    assert ipv4_src_dst(PING_REQUEST) == (PING_SRC, PING_DST)
-    src, dst = ipv4_src_dst(memoryview(PING_REQUEST))  # type: ignore[misc]
-    assert type(src) is bytes and type(dst) is bytes
-    assert (src, dst) == (PING_SRC, PING_DST)
-
-
-@pytest.mark.parametrize(
-    "packet",
-    [
-        b"",
-        PING_REQUEST[:19],  # shorter than a header
-        b"\x60" + PING_REQUEST[1:],  # version 6
-        b"\x44" + PING_REQUEST[1:],  # IHL 4 words
-        b"\x4f" + PING_REQUEST[1:40],  # IHL 60 bytes, only 40 present
-    ],
-)
-def test_src_dst_rejects_implausible(packet: bytes) -> None:
-    assert ipv4_src_dst(packet) is None
-
-
-@given(st.binary(max_size=80))
-def test_src_dst_never_raises(packet: bytes) -> None:
-    result = ipv4_src_dst(packet)
-    if result is not None:
-        assert result == (packet[12:16], packet[16:20])
 
 
 # --- echo_reply_for: the real capture --------------------------------------------------

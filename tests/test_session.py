@@ -23,12 +23,21 @@ from hypothesis import strategies as st
 
 import session
 from config import ClientRecord, Profile
-from framing import AEAD_TAG_LEN, MAX_HANDSHAKE_BODY, FrameDecoder, FrameType, RejectReason, encode_frame, encode_header
+from framing import (
+    AEAD_TAG_LEN,
+    MAX_HANDSHAKE_BODY,
+    MAX_PACKET_LEN,
+    FrameDecoder,
+    FrameType,
+    RejectReason,
+    encode_frame,
+    encode_header,
+)
 from handshake import Initiator, Responder, generate_private_key, public_key
 from messages import ClientHello, SessionSettings, tai64n
 from session import REJECT_MESSAGES, Admission, HandshakeFailed, client_handshake, server_handshake
 from transport import SendState
-from tunlib import MAX_PACKET, LinkClosed, PeerLink
+from tunlib import LinkClosed, PeerLink
 
 SERVER_PRIVATE = generate_private_key()
 CLIENT_PRIVATE = generate_private_key()
@@ -170,7 +179,7 @@ def test_links_exchange_packets_both_ways(pair):
 
 def test_links_carry_maximum_size_packets(pair):
     (_cs, client_link), (_r, _ss, server_link) = handshake_both(pair)
-    big = [bytes([n]) * MAX_PACKET for n in range(3)] + [b""]
+    big = [bytes([n]) * MAX_PACKET_LEN for n in range(3)] + [b""]
     sender = in_thread(client_link.send_packets, big)
     assert receive_n(server_link, len(big)) == big
     sender.result(RESULT_TIMEOUT)
