@@ -7,10 +7,11 @@ sends, as DATA frames:
 1. in offload mode, an echo request behind a virtio-net header the kernel would reject
    (a GSO type with gso_size 0);
 2. an echo request whose source address is not ours (spoofed);
-3. a well-formed echo request to the server's tunnel address,
+3. three bytes that cannot be an IPv4 packet (malformed);
+4. a well-formed echo request to the server's tunnel address,
 
-and waits for the reply to the third. It prints one JSON line: what the server announced and
-whether the echo reply came back, proving the session survived the first two.
+and waits for the reply to the last. It prints one JSON line: what the server announced and
+whether the echo reply came back, proving the session survived the others.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main() -> None:
     if settings.offload:
         packets.append(bad_vnet + echo_request(own, server, 1))
     packets.append(prefix + echo_request(spoofed, server, 2))
+    packets.append(prefix + b"\x45\x00\x00")  # shorter than any IPv4 header: malformed
     packets.append(prefix + echo_request(own, server, 3))
     link.send_packets(packets)
 

@@ -1,8 +1,8 @@
 """What the server does with packets an authenticated client should never send.
 
 A client that passed the handshake is still not trusted with the server's network: a packet
-behind a virtio-net header the kernel would reject, or with a source address that is not the
-client's, is dropped and counted, and the session goes on (rogue_client.py proves the last part
+behind a virtio-net header the kernel would reject, with a source address that is not the
+client's, or too short to be IPv4, is dropped and counted, and the session goes on (rogue_client.py proves the last part
 by getting a ping answered afterwards).
 """
 
@@ -46,5 +46,6 @@ def test_bad_headers_and_spoofed_sources_are_dropped_and_counted_while_the_sessi
     assert server.wait(5) == 0
     log = server.log()
     assert counter(log, "dropped_spoofed", "mallory") == 1
+    assert counter(log, "dropped_malformed", "mallory") == 1
     assert counter(log, "dropped_bad_vnet", "mallory") == (1 if outcome["offload"] else 0)
     assert counter(log, "dropped_spoofed", "alice") == 0
