@@ -35,7 +35,7 @@ from messages import ClientHello, SessionSettings
 from nat import enable_nat
 from netsetup import configure_interface
 from runtime import StopSignal, add_cleanup_command, require_net_admin, run_main
-from session import Admission, HandshakeFailed, server_handshake, tune_carrier
+from session import Admission, HandshakeFailed, ReplayGuard, server_handshake, tune_carrier
 from tundev import TunDevice, open_tun
 from tunlib import ClientSession, LinkClosed, PeerLink, ServerRouter, Waker, pump_queue_to_link
 
@@ -74,11 +74,8 @@ class Server:
         self.waker = Waker()
         self.stopping = threading.Event()
         self.pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
-        self.timestamps: dict[bytes, bytes] = {}
-        self.timestamps_lock = threading.Lock()
-        self.admission = Admission(
-            state.private_key(), self.lookup, self.timestamp_is_new, self.confirm_timestamp, self.settings_for
-        )
+        replay = ReplayGuard()
+        self.admission = Admission(state.private_key(), self.lookup, replay.is_new, replay.confirm, self.settings_for)
         self.threads: list[threading.Thread] = []
         self.connections: set[threading.Thread] = set()
         """One thread per connection: its handshake, then its receiver."""
@@ -89,17 +86,6 @@ class Server:
         """Find a registered client by key, reading the state directory afresh each time,
         so ``add-client`` and ``remove-client`` take effect without a restart."""
         return next((c for c in self.state.readable_clients() if c.public_key == public_key), None)
-
-    def timestamp_is_new(self, public_key: bytes, timestamp: bytes) -> bool:
-        with self.timestamps_lock:
-            return timestamp > self.timestamps.get(public_key, b"")
-
-    def confirm_timestamp(self, public_key: bytes, timestamp: bytes) -> bool:
-        with self.timestamps_lock:
-            if timestamp <= self.timestamps.get(public_key, b""):
-                return False
-            self.timestamps[public_key] = timestamp
-            return True
 
     def settings_for(self, record: ClientRecord, _hello: ClientHello) -> SessionSettings:
         return SessionSettings(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -154,6 +155,31 @@ def client_handshake(sock: socket.socket, profile: Profile) -> tuple[SessionSett
 
 
 # -- server side -----------------------------------------------------------------
+
+
+class ReplayGuard:
+    """The server's memory for the replay rule: the newest confirmed timestamp of each client.
+
+    ``is_new`` only answers (before message 2); ``confirm`` records, atomically, once the client
+    has proved it holds the session keys. TAI64N labels sort as bytes. Kept in memory only: a
+    restart forgets it (PROTOCOL.md, section 11). Shared by every handshake thread.
+    """
+
+    def __init__(self) -> None:
+        self.confirmed: dict[bytes, bytes] = {}
+        self._lock = threading.Lock()
+
+    def is_new(self, public_key: bytes, timestamp: bytes) -> bool:
+        with self._lock:
+            return timestamp > self.confirmed.get(public_key, b"")
+
+    def confirm(self, public_key: bytes, timestamp: bytes) -> bool:
+        """Record ``timestamp`` if it is still the newest; False if another handshake won."""
+        with self._lock:
+            if timestamp <= self.confirmed.get(public_key, b""):
+                return False
+            self.confirmed[public_key] = timestamp
+            return True
 
 
 @dataclass

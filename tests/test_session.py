@@ -35,7 +35,7 @@ from framing import (
 )
 from handshake import Initiator, Responder, generate_private_key, public_key
 from messages import ClientHello, SessionSettings, tai64n
-from session import REJECT_MESSAGES, Admission, HandshakeFailed, client_handshake, server_handshake
+from session import REJECT_MESSAGES, Admission, HandshakeFailed, ReplayGuard, client_handshake, server_handshake
 from transport import SendState
 from tunlib import LinkClosed, PeerLink
 
@@ -48,26 +48,15 @@ RESULT_TIMEOUT = 10.0
 
 
 class Registry:
-    """The server's admission policy, as server.py implements it, over an in-memory registry."""
+    """The server's admission policy, as server.py wires it, over an in-memory registry."""
 
     def __init__(self, *records: ClientRecord) -> None:
         self.records = {r.public_key: r for r in records}
-        self.timestamps: dict[bytes, bytes] = {}
-        self.lock = threading.Lock()
+        self.replay = ReplayGuard()
+        self.timestamps = self.replay.confirmed  # what the tests inspect and seed
 
     def lookup(self, key: bytes) -> ClientRecord | None:
         return self.records.get(key)
-
-    def timestamp_is_new(self, key: bytes, timestamp: bytes) -> bool:
-        with self.lock:
-            return timestamp > self.timestamps.get(key, b"")
-
-    def confirm_timestamp(self, key: bytes, timestamp: bytes) -> bool:
-        with self.lock:
-            if timestamp <= self.timestamps.get(key, b""):
-                return False
-            self.timestamps[key] = timestamp
-            return True
 
     @staticmethod
     def settings_for(record: ClientRecord, _hello: ClientHello) -> SessionSettings:
@@ -78,7 +67,7 @@ class Registry:
         )
 
     def admission(self, static_private: bytes = SERVER_PRIVATE) -> Admission:
-        return Admission(static_private, self.lookup, self.timestamp_is_new, self.confirm_timestamp, self.settings_for)
+        return Admission(static_private, self.lookup, self.replay.is_new, self.replay.confirm, self.settings_for)
 
 
 @pytest.fixture(autouse=True)
