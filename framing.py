@@ -109,7 +109,8 @@ class FrameDecoder:
         self._end += count
 
     def feed(self, data: bytes) -> None:
-        """Copy ``data`` in (for tests and handshakes; the data path uses ``recv_into``)."""
+        """Copy ``data`` in: the way to drive the decoder without a socket (tests do; the data path
+        receives straight into :meth:`free_space` instead)."""
         while data:
             space = self.free_space()
             if not space:

@@ -131,12 +131,9 @@ class Journal:
             log.info("undid the leftovers of a previous run that did not exit cleanly")
         self.record({"kind": "owner", "pid": os.getpid(), "program": program, "netns": netns_identity()})
 
-    def _owner(self) -> dict | None:
-        return next((step for step in self._load() if step.get("kind") == "owner"), None)
-
     def live_owner(self) -> int | None:
         """The PID of the tunlib process that owns this journal, if it is still running."""
-        step = self._owner()
+        step = _owner(self._load())
         if step is not None and recorded_here(step.get("netns")):
             try:
                 cmdline = Path(f"/proc/{step['pid']}/cmdline").read_bytes()
@@ -192,7 +189,7 @@ class Journal:
         Returns the number of host changes undone (the ownership record is not one).
         """
         steps = self._load()
-        owner = next((step for step in steps if step.get("kind") == "owner"), None)
+        owner = _owner(steps)
         if owner is not None and not recorded_here(owner.get("netns")):
             log.warning("discarding %s: its network namespace no longer exists", self.path)
             steps = []
@@ -204,6 +201,11 @@ class Journal:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         return sum(1 for step in steps if step.get("kind") != "owner")
+
+
+def _owner(steps: list[dict]) -> dict | None:
+    """The ownership record (written first by :meth:`Journal.claim`), if any."""
+    return next((step for step in steps if step.get("kind") == "owner"), None)
 
 
 def _undo_step(step: dict) -> None:
