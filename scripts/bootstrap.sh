@@ -14,7 +14,8 @@
 # Errors are one line on stderr, starting with "bootstrap: error:".
 
 # Debian packages the lab, the tests and the benchmark (openvpn) use.
-TUNLIB_APT_PACKAGES="iproute2 iptables nftables iputils-ping iperf3 tcpdump procps python3-venv openvpn"
+TUNLIB_APT_PACKAGES="iproute2 iptables nftables iputils-ping iperf3 tcpdump procps python3-venv openvpn \
+    squid tinyproxy nginx-light curl openssl libndpi-bin tshark systemd passwd util-linux"
 
 _tunlib_bootstrap_err() {
     printf 'bootstrap: error: %s\n' "$*" >&2
