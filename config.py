@@ -2,9 +2,9 @@
 
 Server state directory (created by ``server.py init``, mode 0700)::
 
-    DIR/server.json         settings: subnet, listen address, endpoint, MTU
+    DIR/server.json         settings: subnet, subnet6, listen address, endpoint, MTU
     DIR/server.key          the server's X25519 private key, base64, mode 0600
-    DIR/clients/NAME.json   one registered client: public key, preshared key, address (0600)
+    DIR/clients/NAME.json   one registered client: public key, preshared key, address, address6 (0600)
 
 The server never stores a client's private key: ``add-client`` prints it once, inside the
 profile, and forgets it. A profile is an INI file in the spirit of a WireGuard config::
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from errors import UserError
 from handshake import generate_private_key, public_key
-from messages import DEFAULT_MTU, MAX_MTU, MIN_MTU, valid_mtu
+from messages import DEFAULT_MTU, IPV6_MIN_MTU, MAX_IPV6_PREFIX, MAX_MTU, MIN_MTU, valid_mtu
 
 DEFAULT_PORT = 55555
 DEFAULT_SUBNET = "10.0.0.0/24"
@@ -124,6 +124,23 @@ class ClientRecord:
     public_key: bytes
     psk: bytes
     address: ipaddress.IPv4Address
+    address6: ipaddress.IPv6Address | None = None
+    """None in a record written before IPv6: the server then derives one (:func:`paired_address6`)."""
+
+
+def random_ula_prefix() -> ipaddress.IPv6Network:
+    """A unique local /64 as RFC 4193 section 3.2 describes: fd00::/8 plus a random 40-bit Global
+    ID (and subnet ID 0), so two tunlib networks joined later almost surely do not collide."""
+    global_id = secrets.randbits(40)
+    return ipaddress.IPv6Network(((0xFD << 120) | (global_id << 80), 64))
+
+
+def paired_address6(
+    address: ipaddress.IPv4Address, subnet: ipaddress.IPv4Network, subnet6: ipaddress.IPv6Network
+) -> ipaddress.IPv6Address:
+    """The IPv6 address that sits at the same host number as ``address``: 10.0.0.7 in
+    10.0.0.0/24 pairs with PREFIX::7, so the two addresses of a client are easy to match up."""
+    return subnet6.network_address + (int(address) - int(subnet.network_address))
 
 
 @dataclass(frozen=True)
@@ -132,11 +149,26 @@ class ServerSettings:
     listen: str
     endpoint: str
     mtu: int
+    subnet6: ipaddress.IPv6Network | None = None
+    """The tunnel's IPv6 prefix; None for a state directory made before IPv6 (re-run ``init``)."""
 
     @property
     def server_interface(self) -> ipaddress.IPv4Interface:
         """The server's own tunnel address: the subnet's first host, e.g. 10.0.0.1/24."""
         return ipaddress.IPv4Interface(f"{next(self.subnet.hosts())}/{self.subnet.prefixlen}")
+
+    @property
+    def server_interface6(self) -> ipaddress.IPv6Interface | None:
+        """The server's own IPv6 tunnel address: PREFIX::1, the twin of the IPv4 one."""
+        if self.subnet6 is None:
+            return None
+        return ipaddress.IPv6Interface(f"{self.subnet6.network_address + 1}/{self.subnet6.prefixlen}")
+
+    def client_address6(self, record: ClientRecord) -> ipaddress.IPv6Address | None:
+        """The client's IPv6 tunnel address: its own record's, or the one paired with its IPv4."""
+        if self.subnet6 is None:
+            return None
+        return record.address6 or paired_address6(record.address, self.subnet, self.subnet6)
 
 
 class ServerState:
@@ -149,7 +181,9 @@ class ServerState:
         self.clients_dir = self.dir / "clients"
 
     # -- init ---------------------------------------------------------------
-    def init(self, subnet: str | None, listen: str | None, endpoint: str | None) -> bool:
+    def init(
+        self, subnet: str | None, listen: str | None, endpoint: str | None, subnet6: str | None = None
+    ) -> bool:
         """Create keys and settings if missing. Returns True if anything was created.
 
         Idempotent: an existing key is never replaced (that would orphan every client), and
@@ -166,11 +200,21 @@ class ServerState:
         net = _parse_subnet(subnet or old.get("subnet", DEFAULT_SUBNET))
         if subnet and old.get("subnet") not in (None, str(net)) and self.clients():
             raise UserError("cannot change the subnet while clients are registered")
+        net6 = _parse_subnet6(subnet6) if subnet6 else None
+        if net6 is not None and old.get("subnet6") not in (None, str(net6)) and self.clients():
+            raise UserError("cannot change the IPv6 subnet while clients are registered")
+        net6 = net6 or (_parse_subnet6(old["subnet6"]) if old.get("subnet6") else random_ula_prefix())
         listen = listen or old.get("listen", DEFAULT_LISTEN)
         parse_endpoint(listen)
         endpoint = endpoint or old.get("endpoint") or _default_endpoint(listen)
         parse_endpoint(endpoint)
-        settings = {"subnet": str(net), "listen": listen, "endpoint": endpoint, "mtu": old.get("mtu", DEFAULT_MTU)}
+        settings = {
+            "subnet": str(net),
+            "subnet6": str(net6),
+            "listen": listen,
+            "endpoint": endpoint,
+            "mtu": old.get("mtu", DEFAULT_MTU),
+        }
         if settings != old:
             self.settings_path.write_text(json.dumps(settings, indent=2) + "\n")
             created = True
@@ -204,7 +248,11 @@ class ServerState:
             raise UserError(f"{self.settings_path}: missing {exc}") from None
         if not valid_mtu(mtu):
             raise UserError(f"{self.settings_path}: mtu must be an integer in {MIN_MTU}..{MAX_MTU}")
-        return ServerSettings(subnet, listen, endpoint, mtu)
+        subnet6 = _parse_subnet6(str(raw["subnet6"])) if raw.get("subnet6") else None
+        if subnet6 is not None and mtu < IPV6_MIN_MTU:
+            log.warning("%s: mtu %d is below IPv6's minimum of %d: IPv6 is off", self.settings_path, mtu, IPV6_MIN_MTU)
+            subnet6 = None
+        return ServerSettings(subnet, listen, endpoint, mtu, subnet6)
 
     def clients(self) -> list[ClientRecord]:
         """Every registered client; a bad record is an error (for the commands that edit)."""
@@ -234,6 +282,7 @@ class ServerState:
                 public_key=decode_key(str(raw["public_key"]), f"{path}: public_key"),
                 psk=decode_key(str(raw["psk"]), f"{path}: psk"),
                 address=ipaddress.IPv4Address(raw["address"]),
+                address6=ipaddress.IPv6Address(raw["address6"]) if "address6" in raw else None,
             )
         except (KeyError, ValueError) as exc:
             raise UserError(f"{path}: bad client record ({exc})") from None
@@ -246,7 +295,7 @@ class ServerState:
         path.unlink()
 
     # -- add-client ---------------------------------------------------------
-    def add_client(self, name: str, address: str | None) -> tuple[ClientRecord, str]:
+    def add_client(self, name: str, address: str | None, address6: str | None = None) -> tuple[ClientRecord, str]:
         """Register ``name`` with a fresh key pair; return the record and the profile text."""
         settings = self.settings()
         if not CLIENT_NAME.fullmatch(name):
@@ -254,7 +303,8 @@ class ServerState:
         path = self.clients_dir / f"{name}.json"
         if path.exists():
             raise UserError(f"client {name!r} already exists")
-        taken = {c.address for c in self.clients()} | {settings.server_interface.ip}
+        clients = self.clients()
+        taken = {c.address for c in clients} | {settings.server_interface.ip}
         subnet = settings.subnet
         if address is not None:
             try:
@@ -270,18 +320,44 @@ class ServerState:
             ip = next((host for host in subnet.hosts() if host not in taken), None)
             if ip is None:
                 raise UserError(f"no free address left in {subnet}")
+        ip6 = self._pick_address6(settings, clients, ip, address6)
         private = generate_private_key()
-        record = ClientRecord(name, public_key(private), secrets.token_bytes(KEY_LEN), ip)
-        write_private_file(
-            path,
-            json.dumps(
-                {"public_key": encode_key(record.public_key), "psk": encode_key(record.psk), "address": str(ip)},
-                indent=2,
-            )
-            + "\n",
-        )
+        record = ClientRecord(name, public_key(private), secrets.token_bytes(KEY_LEN), ip, ip6)
+        fields = {"public_key": encode_key(record.public_key), "psk": encode_key(record.psk), "address": str(ip)}
+        if ip6 is not None:
+            fields["address6"] = str(ip6)
+        write_private_file(path, json.dumps(fields, indent=2) + "\n")
         profile = Profile(name, private, self.public_key(), record.psk, settings.endpoint)
-        return record, profile.render(f"{ip}/{settings.subnet.prefixlen}")
+        hint = f"{ip}/{subnet.prefixlen}"
+        if ip6 is not None and settings.subnet6 is not None:
+            hint += f" and {ip6}/{settings.subnet6.prefixlen}"
+        return record, profile.render(hint)
+
+    @staticmethod
+    def _pick_address6(
+        settings: ServerSettings, clients: list[ClientRecord], ip: ipaddress.IPv4Address, wanted: str | None
+    ) -> ipaddress.IPv6Address | None:
+        """The new client's IPv6 address: ``wanted``, else the one paired with its IPv4 address."""
+        subnet6 = settings.subnet6
+        if subnet6 is None:
+            if wanted is not None:
+                raise UserError("this server has no IPv6 subnet: run 'server.py init --subnet6 PREFIX' first")
+            return None
+        taken = {settings.client_address6(c) for c in clients} | {settings.server_interface6.ip}
+        if wanted is None:
+            ip6 = paired_address6(ip, settings.subnet, subnet6)
+            if ip6 in taken:  # someone chose this one with --address6: take the first free one
+                ip6 = next(host for host in subnet6.hosts() if host not in taken)
+        else:
+            try:
+                ip6 = ipaddress.IPv6Address(wanted)
+            except ValueError:
+                raise UserError(f"bad address {wanted!r}: expected an IPv6 address") from None
+            if ip6 not in subnet6 or ip6 == subnet6.network_address:
+                raise UserError(f"address {ip6} is not a host address of {subnet6}")
+        if ip6 in taken:
+            raise UserError(f"address {ip6} is already in use")
+        return ip6
 
 
 def _parse_subnet(text: str) -> ipaddress.IPv4Network:
@@ -291,6 +367,18 @@ def _parse_subnet(text: str) -> ipaddress.IPv4Network:
         raise UserError(f"bad subnet {text!r}: {exc}") from None
     if net.num_addresses < 4:
         raise UserError(f"subnet {net} is too small: it needs room for the server and a client")
+    return net
+
+
+def _parse_subnet6(text: str) -> ipaddress.IPv6Network:
+    try:
+        net = ipaddress.IPv6Network(text)
+    except ValueError as exc:
+        raise UserError(f"bad IPv6 subnet {text!r}: {exc}") from None
+    if net.prefixlen > MAX_IPV6_PREFIX:
+        raise UserError(f"IPv6 subnet {net} is too small: use a prefix of /{MAX_IPV6_PREFIX} or shorter (/64 is usual)")
+    if net.is_multicast or net.is_loopback or net.is_link_local or net.is_unspecified:
+        raise UserError(f"IPv6 subnet {net} is not a unicast prefix")
     return net
 
 

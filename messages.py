@@ -5,8 +5,9 @@ keeps the newest timestamp of each client's confirmed sessions and refuses any m
 not newer, so a recorded message 1 replayed later cannot open a session (as in WireGuard).
 
 Message 2 (server to client) carries the session settings as JSON: the client's tunnel
-address, the MTU and the data-path mode. Later features (routes, DNS) add keys; unknown keys
-are ignored so old clients keep working. This module does no I/O; the caller passes the clock.
+addresses (IPv4, and IPv6 when the server offers it), the MTU and the data-path mode. Later
+features (routes, DNS) add keys; unknown keys are ignored so old clients keep working. This
+module does no I/O; the caller passes the clock.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ DEFAULT_MTU = 1400
 MIN_MTU = 576
 """The smallest datagram every IPv4 host must accept (RFC 791)."""
 MAX_MTU = 65535
+IPV6_MIN_MTU = 1280
+"""IPv6 needs every link to carry 1280-byte packets (RFC 8200 section 5)."""
+MAX_IPV6_PREFIX = 126
+"""An IPv6 tunnel prefix must leave room for the server and at least one client."""
 
 
 def valid_mtu(value: object) -> bool:
@@ -104,19 +109,24 @@ class SessionSettings:
     """True: every DATA plaintext starts with a virtio-net header (TUN offload mode)."""
     routes: tuple[ipaddress.IPv4Network, ...] = field(default=())
     """Networks the server offers behind the tunnel (besides the tunnel subnet)."""
-    dns: tuple[ipaddress.IPv4Address, ...] = field(default=())
+    dns: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = field(default=())
+    """Resolvers to use through the tunnel, of either IP version."""
+    address6: ipaddress.IPv6Interface | None = None
+    """The client's IPv6 tunnel address with the tunnel's IPv6 prefix, e.g. fd12:3456:789a::2/64;
+    None when the server offers no IPv6 (then the client blocks IPv6 under a full tunnel)."""
 
     def encode(self) -> bytes:
-        return _dump(
-            {
-                "address": str(self.address),
-                "server_address": str(self.server_address),
-                "mtu": self.mtu,
-                "offload": self.offload,
-                "routes": [str(r) for r in self.routes],
-                "dns": [str(d) for d in self.dns],
-            }
-        )
+        fields: dict[str, object] = {
+            "address": str(self.address),
+            "server_address": str(self.server_address),
+            "mtu": self.mtu,
+            "offload": self.offload,
+            "routes": [str(r) for r in self.routes],
+            "dns": [str(d) for d in self.dns],
+        }
+        if self.address6 is not None:
+            fields["address6"] = str(self.address6)
+        return _dump(fields)
 
     @classmethod
     def decode(cls, data: bytes) -> SessionSettings:
@@ -127,11 +137,18 @@ class SessionSettings:
             mtu = fields.get("mtu", DEFAULT_MTU)
             offload = fields.get("offload", False)
             routes = tuple(ipaddress.IPv4Network(_text(r)) for r in _list(fields.get("routes", [])))
-            dns = tuple(ipaddress.IPv4Address(_text(d)) for d in _list(fields.get("dns", [])))
+            dns = tuple(ipaddress.ip_address(_text(d)) for d in _list(fields.get("dns", [])))
+            address6 = fields.get("address6")
+            if address6 is not None:
+                address6 = ipaddress.IPv6Interface(_text(address6))
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"bad session settings: {exc!r}") from None
         if not valid_mtu(mtu):
             raise MessageError(f"session settings: mtu must be an integer in {MIN_MTU}..{MAX_MTU}")
         if not isinstance(offload, bool):
             raise MessageError("session settings: offload must be true or false")
-        return cls(address, server_address, mtu, offload, routes, dns)
+        if address6 is not None and address6.network.prefixlen > MAX_IPV6_PREFIX:
+            raise MessageError(f"session settings: address6 prefix must be at most /{MAX_IPV6_PREFIX}")
+        if address6 is not None and mtu < IPV6_MIN_MTU:
+            raise MessageError(f"session settings: IPv6 needs an mtu of at least {IPV6_MIN_MTU}")
+        return cls(address, server_address, mtu, offload, routes, dns, address6)

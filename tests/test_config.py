@@ -30,7 +30,9 @@ from config import (
     ServerState,
     decode_key,
     encode_key,
+    paired_address6,
     parse_endpoint,
+    random_ula_prefix,
     write_private_file,
 )
 from errors import UserError
@@ -102,13 +104,15 @@ def test_init_creates_files_with_private_modes(tmp_path):
 def test_init_settings_file_contents(tmp_path):
     s = ServerState(tmp_path / "state")
     s.init(None, LISTEN, None)
-    assert json.loads(s.settings_path.read_text()) == {
-        "subnet": "10.0.0.0/24",
-        "listen": LISTEN,
-        "endpoint": LISTEN,
-        "mtu": DEFAULT_MTU,
-    }
+    raw = json.loads(s.settings_path.read_text())
+    subnet6 = ipaddress.IPv6Network(raw.pop("subnet6"))
+    assert raw == {"subnet": "10.0.0.0/24", "listen": LISTEN, "endpoint": LISTEN, "mtu": DEFAULT_MTU}
+    # RFC 4193: fd00::/8 with a random 40-bit global ID, subnet ID 0, a /64.
+    assert subnet6.prefixlen == 64 and subnet6.subnet_of(ipaddress.IPv6Network("fd00::/8"))
+    assert int(subnet6.network_address) >> 64 & 0xFFFF == 0
     loaded = s.settings()
+    assert loaded.subnet6 == subnet6
+    assert loaded.server_interface6 == ipaddress.IPv6Interface(f"{subnet6.network_address + 1}/64")
     assert loaded.subnet == ipaddress.IPv4Network("10.0.0.0/24")
     assert loaded.server_interface == ipaddress.IPv4Interface("10.0.0.1/24")
     assert (loaded.listen, loaded.endpoint, loaded.mtu) == (LISTEN, LISTEN, 1400)
@@ -116,9 +120,10 @@ def test_init_settings_file_contents(tmp_path):
 
 def test_init_with_all_options(tmp_path):
     s = ServerState(tmp_path / "state")
-    s.init("192.168.50.0/28", "0.0.0.0:4000", "vpn.example.com:443")
+    s.init("192.168.50.0/28", "0.0.0.0:4000", "vpn.example.com:443", "2001:db8:5::/96")
     assert json.loads(s.settings_path.read_text()) == {
         "subnet": "192.168.50.0/28",
+        "subnet6": "2001:db8:5::/96",
         "listen": "0.0.0.0:4000",
         "endpoint": "vpn.example.com:443",
         "mtu": DEFAULT_MTU,
@@ -280,7 +285,13 @@ def test_add_client_record_file_and_mode(state):
     path = state.clients_dir / "alice.json"
     assert mode(path) == 0o600
     raw = json.loads(path.read_text())
-    assert raw == {"public_key": encode_key(record.public_key), "psk": encode_key(record.psk), "address": "10.0.0.2"}
+    address6 = str(state.settings().subnet6.network_address + 2)  # paired with 10.0.0.2
+    assert raw == {
+        "public_key": encode_key(record.public_key),
+        "psk": encode_key(record.psk),
+        "address": "10.0.0.2",
+        "address6": address6,
+    }
     # The server forgets the private key: it is only in the profile.
     profile = Profile.parse(profile_text, "alice.conf")
     assert encode_key(profile.private_key) not in path.read_text()
@@ -696,3 +707,67 @@ def test_parse_endpoint_ascii_fuzz(text):
         return
     assert host
     assert 1 <= port <= 65535
+
+
+# -- IPv6 addresses ------------------------------------------------------------------
+
+
+def test_random_ula_prefixes_differ_and_are_ula():
+    prefixes = {random_ula_prefix() for _ in range(50)}
+    assert len(prefixes) == 50
+    assert all(p.prefixlen == 64 and p.subnet_of(ipaddress.IPv6Network("fd00::/8")) for p in prefixes)
+
+
+@given(host=st.integers(min_value=1, max_value=254))
+def test_paired_address6_keeps_the_host_number(host):
+    subnet = ipaddress.IPv4Network("10.0.0.0/24")
+    subnet6 = ipaddress.IPv6Network("2001:db8:1::/64")
+    paired = paired_address6(subnet.network_address + host, subnet, subnet6)
+    assert paired == subnet6.network_address + host
+
+
+def test_add_client_address6_explicit_and_paired(tmp_path):
+    s = ServerState(tmp_path / "state")
+    s.init(None, LISTEN, None, "2001:db8:7::/64")
+    alice, alice_text = s.add_client("alice", None, "2001:db8:7::3")
+    bob, _ = s.add_client("bob", None)  # 10.0.0.3, whose pair ::3 alice took
+    assert alice.address6 == ipaddress.IPv6Address("2001:db8:7::3")
+    assert bob.address == ipaddress.IPv4Address("10.0.0.3")
+    assert bob.address6 == ipaddress.IPv6Address("2001:db8:7::2")
+    assert "2001:db8:7::3/64" in alice_text
+    assert {c.address6 for c in s.clients()} == {alice.address6, bob.address6}
+
+
+@pytest.mark.parametrize(
+    ("address6", "message"),
+    [
+        ("2001:db8:8::5", "is not a host address of 2001:db8:7::/64"),
+        ("2001:db8:7::1", "already in use"),
+        ("10.0.0.9", "expected an IPv6 address"),
+    ],
+)
+def test_add_client_address6_refused(tmp_path, address6, message):
+    s = ServerState(tmp_path / "state")
+    s.init(None, LISTEN, None, "2001:db8:7::/64")
+    with pytest.raises(UserError, match=message):
+        s.add_client("alice", None, address6)
+    assert s.clients() == []
+
+
+@pytest.mark.parametrize("subnet6", ["ff02::/64", "fe80::/64", "2001:db8::/127", "10.0.0.0/8", "zz::/64"])
+def test_init_refuses_bad_subnet6(tmp_path, subnet6):
+    with pytest.raises(UserError, match="IPv6 subnet"):
+        ServerState(tmp_path / "state").init(None, LISTEN, None, subnet6)
+
+
+def test_record_without_address6_gets_the_paired_one(tmp_path):
+    s = ServerState(tmp_path / "state")
+    s.init(None, LISTEN, None, "2001:db8:9::/64")
+    s.add_client("alice", "10.0.0.20")
+    path = s.clients_dir / "alice.json"
+    raw = json.loads(path.read_text())
+    del raw["address6"]  # as written before IPv6 existed
+    path.write_text(json.dumps(raw))
+    (old,) = s.clients()
+    assert old.address6 is None
+    assert s.settings().client_address6(old) == ipaddress.IPv6Address("2001:db8:9::14")
