@@ -25,9 +25,10 @@ import threading
 import time
 
 import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
-from config import Profile, parse_endpoint
+from config import Profile, format_endpoint, parse_endpoint
 from errors import UserError
 from gateway import ClientGateway
+from happy_eyeballs import interleave_families
 from journal import Journal, journal_path
 from messages import SessionSettings
 from netsetup import configure_interface
@@ -49,11 +50,13 @@ profile (each new session displaces the other) retry slowly instead of fighting 
 class Tunnel:
     """The client's long-lived state: TUN, host changes, and the current session."""
 
-    def __init__(self, args: argparse.Namespace, profile: Profile, server_ip: str, port: int) -> None:
+    def __init__(self, args: argparse.Namespace, profile: Profile, server_ips: list[str], port: int) -> None:
         self.args = args
         self.profile = profile
-        self.endpoint = f"{server_ip}:{port}"
-        self.server_ip = server_ip
+        self.server_ips = server_ips
+        """Every address of the server, resolved once at start (RFC 8305 order)."""
+        self.server_ip = server_ips[0]
+        """The address of the current (or last) connection."""
         self.port = port
         self.stop = StopSignal()
         self.stop.on_usr1(self.log_stats)
@@ -70,10 +73,15 @@ class Tunnel:
         if self.link is not None:
             log.info("stats: %s", self.link.counters.summary())
 
+    @property
+    def endpoint(self) -> str:
+        return format_endpoint(self.server_ip, self.port)
+
     def connect(self) -> tuple[SessionSettings, PeerLink]:
         """Dial and handshake; a stop signal aborts it at once with StopRequested."""
         with self.stop.interruptible():
-            sock = dial(self.endpoint)
+            sock = dial(self.server_ips, self.port)
+            self.server_ip = sock.getpeername()[0]
             try:
                 return client_handshake(sock, self.profile)
             except HandshakeFailed as exc:
@@ -86,22 +94,23 @@ class Tunnel:
     def setup(self) -> None:
         """Everything before the first packet flows; teardown() undoes it all after a failure."""
         if self.args.kill_switch:
-            self.gateway.kill_switch(self.server_ip, self.port)
+            self.gateway.kill_switch(self.server_ips, self.port)
         self.settings, self.link = self.connect()
         settings = self.settings
         self.tun = open_tun(self.args.tun, offload=settings.offload)
         if settings.offload and not self.tun.offload:
             raise UserError("the server uses offload mode but this kernel refused IFF_VNET_HDR")
-        configure_interface(self.tun.name, settings.address, settings.mtu)
+        configure_interface(self.tun.name, settings.address, settings.mtu, settings.address6)
         if self.args.full_tunnel:
-            self.gateway.full_tunnel(self.server_ip)
+            self.gateway.full_tunnel(self.server_ips, ipv6=settings.address6 is not None)
             self.gateway.dns(settings.dns)
         else:
             self.gateway.split_routes([*settings.routes, *self.args.route])
         log.info(
-            "connected to %s as %s on %s (%s mode, MTU %d)",
+            "connected to %s as %s%s on %s (%s mode, MTU %d)",
             self.endpoint,
             settings.address,
+            f" and {settings.address6}" if settings.address6 else "",
             self.tun.name,
             "offload" if self.tun.offload else "plain",
             settings.mtu,
@@ -200,21 +209,24 @@ class Tunnel:
         self.waker.close()
 
 
-def resolve_endpoint(endpoint: str) -> tuple[str, int]:
-    """Resolve the server's name once, before DNS or routes change, and pin the address."""
+def resolve_endpoint(endpoint: str) -> tuple[list[str], int]:
+    """Resolve the server's name once, before DNS or routes change, and pin its addresses:
+    every IPv6 (AAAA) and IPv4 (A) address, in the order Happy Eyeballs tries them."""
     host, port = parse_endpoint(endpoint)
     try:
-        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
-    return infos[0][4][0], port
+    except UnicodeError:
+        raise UserError(f"cannot resolve server {host!r}: not a valid host name") from None
+    return interleave_families([info[4][0] for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]), port
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     require_net_admin()
     profile = Profile.load(args.config)
-    server_ip, port = resolve_endpoint(args.endpoint or profile.endpoint)
-    tunnel = Tunnel(args, profile, server_ip, port)
+    server_ips, port = resolve_endpoint(args.endpoint or profile.endpoint)
+    tunnel = Tunnel(args, profile, server_ips, port)
     tunnel.journal.claim("client.py")  # refuses, changing nothing, if a live client owns this TUN
     try:
         tunnel.setup()
@@ -226,11 +238,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         tunnel.teardown()
 
 
-def cidr(text: str) -> ipaddress.IPv4Network:
+def cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
-        return ipaddress.IPv4Network(text, strict=False)
+        return ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an IPv4 network: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not an IPv4 or IPv6 network: {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,7 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--icmp-reply", action="store_true", help="answer pings to this client's tunnel address in user space"
     )
     routing = p.add_mutually_exclusive_group()
-    routing.add_argument("--full-tunnel", action="store_true", help="send all IPv4 traffic through the tunnel")
+    routing.add_argument(
+        "--full-tunnel",
+        action="store_true",
+        help="send all traffic through the tunnel (IPv6 too if the server offers it, else IPv6 is blocked)",
+    )
     routing.add_argument(
         "--route",
         type=cidr,

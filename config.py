@@ -181,9 +181,7 @@ class ServerState:
         self.clients_dir = self.dir / "clients"
 
     # -- init ---------------------------------------------------------------
-    def init(
-        self, subnet: str | None, listen: str | None, endpoint: str | None, subnet6: str | None = None
-    ) -> bool:
+    def init(self, subnet: str | None, listen: str | None, endpoint: str | None, subnet6: str | None = None) -> bool:
         """Create keys and settings if missing. Returns True if anything was created.
 
         Idempotent: an existing key is never replaced (that would orphan every client), and

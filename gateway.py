@@ -2,9 +2,11 @@
 
 Full tunnel uses OpenVPN's "def1" trick rather than WireGuard's fwmark policy routing: two
 routes, 0.0.0.0/1 and 128.0.0.0/1, through the TUN. Together they cover every IPv4 address
-and, being more specific than the default route, win over it without deleting it. The
-connection to the server itself must not enter the tunnel, so a host route sends the server's
-address via the original gateway. We chose this over policy routing because every piece shows
+and, being more specific than the default route, win over it without deleting it. IPv6 gets
+the same pair, ::/1 and 8000::/1, when the server offers IPv6; when it does not, IPv6 is
+blocked instead, since it would otherwise bypass the tunnel (a classic VPN leak). The
+connection to the server itself must not enter the tunnel, so a host route sends each of the
+server's addresses via the original gateway. We chose this over policy routing because every piece shows
 up in plain ``ip route`` output, which a newcomer can read, and undoing it is deleting three
 routes. (Its weakness, a stale host route if the laptop changes networks, matters less here:
 a change of network also breaks the TCP connection, and a reconnect recomputes nothing we
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RESOLV_CONF = "/etc/resolv.conf"
 HALF_ROUTES = ("0.0.0.0/1", "128.0.0.0/1")
+HALF_ROUTES6 = ("::/1", "8000::/1")
 IPV6_LINK_KEEPALIVE = "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept"
 """Neighbour discovery keeps the local link usable (IPv6 has no ARP); it never leaves the link."""
 
@@ -39,34 +42,40 @@ def nft_name(prefix: str, tun: str) -> str:
     return f"tunlib_{prefix}_" + re.sub(r"[^A-Za-z0-9_]", "_", tun)
 
 
-def route_to(address: str) -> list[str]:
+def route_to(address: str) -> list[str] | None:
     """The host route that keeps ``address`` on its current path, as ``ip route add`` arguments.
 
     Asks the kernel (``ip route get``) how it reaches the server right now, before the
-    half-routes exist. Returns [] when the server is local (the single-host demo).
+    half-routes exist. Returns [] when the server is local (the single-host demo), and None
+    when there is no route to it at all (say, an IPv6 address on an IPv4-only network).
     """
-    result = run_command(["ip", "-4", "route", "get", address])
+    version = ipaddress.ip_address(address).version
+    result = run_command(["ip", f"-{version}", "route", "get", address])
     if result.returncode != 0:
-        raise UserError(f"no route to the server {address}: {result.stderr.strip()}")
+        return None
     words = result.stdout.split()
     if words and words[0] == "local":
         return []
-    spec = [f"{address}/32"]
+    spec = [f"{address}/{32 if version == 4 else 128}"]
     for key in ("via", "dev"):
         if key in words:
             spec += [key, words[words.index(key) + 1]]
     return spec
 
 
-def killswitch_ruleset(table: str, tun: str, server: str, port: int) -> str:
+def killswitch_ruleset(table: str, tun: str, servers: list[str], port: int) -> str:
     """Drop everything leaving by any interface but the TUN and loopback, except the carrier
-    connection to the server and DHCP, so nothing leaks while the tunnel is down."""
+    connection to the server (any of its addresses) and DHCP, so nothing leaks while the
+    tunnel is down. The table is ``inet``, so one policy covers IPv4 and IPv6 alike."""
+    carrier = "\n        ".join(
+        f"{'ip' if ipaddress.ip_address(s).version == 4 else 'ip6'} daddr {s} tcp dport {port} accept" for s in servers
+    )
     return f"""table inet {table} {{
     chain output {{
         type filter hook output priority filter; policy drop;
         oifname "lo" accept
         oifname "{tun}" accept
-        ip daddr {server} tcp dport {port} accept
+        {carrier}
         udp sport 68 udp dport 67 accept
         udp sport 546 udp dport 547 accept
         {IPV6_LINK_KEEPALIVE}
@@ -80,7 +89,7 @@ def killswitch_ruleset(table: str, tun: str, server: str, port: int) -> str:
 
 
 def ipv6_block_ruleset(table: str) -> str:
-    """The tunnel carries IPv4 only, so under a full tunnel IPv6 would bypass it: block it."""
+    """The server offers no IPv6, so under a full tunnel IPv6 would bypass it: block it."""
     return f"""table inet {table} {{
     chain output {{
         type filter hook output priority filter; policy accept;
@@ -93,7 +102,7 @@ def ipv6_block_ruleset(table: str) -> str:
 """
 
 
-def resolv_conf_text(servers: tuple[ipaddress.IPv4Address, ...]) -> bytes:
+def resolv_conf_text(servers: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]) -> bytes:
     lines = ["# written by tunlib client for the life of the tunnel; restored on exit"]
     lines += [f"nameserver {s}" for s in servers]
     return ("\n".join(lines) + "\n").encode()
@@ -110,28 +119,41 @@ class ClientGateway:
         self.journal = journal
         self.tun = tun
 
-    def kill_switch(self, server: str, port: int) -> None:
+    def kill_switch(self, servers: list[str], port: int) -> None:
         table = nft_name("ks", self.tun)
-        self.journal.add_nft_table("inet", table, killswitch_ruleset(table, self.tun, server, port))
-        log.info("kill switch on: only %s:%d and the tunnel may be reached", server, port)
+        self.journal.add_nft_table("inet", table, killswitch_ruleset(table, self.tun, servers, port))
+        log.info("kill switch on: only port %d of %s and the tunnel may be reached", port, ", ".join(servers))
 
-    def full_tunnel(self, server: str) -> None:
-        host_route = route_to(server)
-        if host_route:
-            self.journal.add_route(host_route)
+    def full_tunnel(self, servers: list[str], ipv6: bool) -> None:
+        """Route everything through the TUN but the carrier itself; ``ipv6``: the server offers
+        IPv6 (route it through the tunnel too) or not (block it)."""
+        routes = {server: route_to(server) for server in servers}
+        if all(route is None for route in routes.values()):
+            raise UserError(f"no route to the server ({', '.join(servers)})")
+        for route in routes.values():
+            if route:
+                self.journal.add_route(route)
         for half in HALF_ROUTES:
             self.journal.add_route([half, "dev", self.tun])
-        table = nft_name("v6", self.tun)
-        self.journal.add_nft_table("inet", table, ipv6_block_ruleset(table))
-        log.info("full tunnel: all IPv4 through %s, IPv6 blocked, server kept on its own path", self.tun)
+        if ipv6:
+            for half in HALF_ROUTES6:
+                self.journal.add_route([half, "dev", self.tun])
+        else:
+            table = nft_name("v6", self.tun)
+            self.journal.add_nft_table("inet", table, ipv6_block_ruleset(table))
+        log.info(
+            "full tunnel: all IPv4 %s through %s, server kept on its own path",
+            "and IPv6" if ipv6 else "(IPv6 blocked: the server offers none)",
+            self.tun,
+        )
 
-    def split_routes(self, networks: list[ipaddress.IPv4Network]) -> None:
+    def split_routes(self, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
         for net in networks:
             self.journal.add_route([str(net), "dev", self.tun])
         if networks:
             log.info("split tunnel: %s through %s", ", ".join(map(str, networks)), self.tun)
 
-    def dns(self, servers: tuple[ipaddress.IPv4Address, ...]) -> None:
+    def dns(self, servers: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]) -> None:
         if not servers:
             return
         if systemd_resolved_active():

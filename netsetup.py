@@ -37,7 +37,16 @@ def run_ip(*args: str) -> None:
         raise UserError(f"'ip {' '.join(args)}' failed: {result.stderr.strip()}")
 
 
-def configure_interface(name: str, address: ipaddress.IPv4Interface, mtu: int) -> None:
-    """Give the interface its address (which also installs the subnet route), MTU, and bring it up."""
+def configure_interface(
+    name: str, address: ipaddress.IPv4Interface, mtu: int, address6: ipaddress.IPv6Interface | None = None
+) -> None:
+    """Give the interface its addresses (which also installs the subnet routes), MTU, and bring it up.
+
+    The IPv6 address gets ``nodad``: duplicate address detection would hold it "tentative"
+    (unusable) for a second or more, and on a point-to-point tunnel whose addresses the server
+    hands out there is nobody to collide with.
+    """
     run_ip("address", "add", str(address), "dev", name)
+    if address6 is not None:
+        run_ip("-6", "address", "add", str(address6), "dev", name, "nodad")
     run_ip("link", "set", "dev", name, "mtu", str(mtu), "up")

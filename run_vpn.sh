@@ -529,7 +529,7 @@ Try (as root, in another terminal):
   # How: two half routes (0.0.0.0/1, 128.0.0.0/1) send everything into the TUN, and a host route
   # keeps the carrier to $SV on the veth; the server forwards and masquerades (one nftables table).
   ip -n $CLIENT_NS route
-  ip netns exec $SERVER_NS nft list table ip tunlib_nat_$SERVER_TUN
+  ip netns exec $SERVER_NS nft list table inet tunlib_nat_$SERVER_TUN
 
   # 20 MB through the tunnel and the server's NAT, checked against the original
   ip netns exec $CLIENT_NS curl -s http://$GW_WEB_ADDR/20M.bin | sha256sum; cat $WEB_ROOT/20M.bin.sha256

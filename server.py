@@ -63,7 +63,7 @@ class Server:
         listener: socket.socket,
         tun: TunDevice,
         icmp_reply: bool,
-        dns: tuple[ipaddress.IPv4Address, ...],
+        dns: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...],
     ) -> None:
         self.state = state
         self.dns = dns
@@ -88,16 +88,16 @@ class Server:
         return next((c for c in self.state.readable_clients() if c.public_key == public_key), None)
 
     def settings_for(self, record: ClientRecord, _hello: ClientHello) -> SessionSettings:
+        address6 = self.settings.client_address6(record)
+        prefix6 = self.settings.subnet6.prefixlen if self.settings.subnet6 else 0
         return SessionSettings(
-            address=self._client_interface(record),
+            address=ipaddress.IPv4Interface(f"{record.address}/{self.settings.subnet.prefixlen}"),
             server_address=self.settings.server_interface.ip,
             mtu=self.settings.mtu,
             offload=self.tun.offload,
             dns=self.dns,
+            address6=None if address6 is None else ipaddress.IPv6Interface(f"{address6}/{prefix6}"),
         )
-
-    def _client_interface(self, record: ClientRecord) -> ipaddress.IPv4Interface:
-        return ipaddress.IPv4Interface(f"{record.address}/{self.settings.subnet.prefixlen}")
 
     # -- threads ------------------------------------------------------------
     def start(self) -> None:
@@ -220,10 +220,13 @@ class Server:
 
 
 def bind_listener(listen: str) -> socket.socket:
+    """Listen on ``HOST:PORT``; ``[::]:PORT`` takes IPv6 and IPv4 (as ::ffff:a.b.c.d) on one socket."""
     host, port = parse_endpoint(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # whatever net.ipv6.bindv6only says
     try:
         sock.bind((host, port))
         sock.listen(128)
@@ -240,14 +243,15 @@ def bind_listener(listen: str) -> socket.socket:
 
 def cmd_init(args: argparse.Namespace) -> int:
     state = ServerState(args.state_dir)
-    created = state.init(args.subnet, args.listen, args.endpoint)
+    created = state.init(args.subnet, args.listen, args.endpoint, args.subnet6)
     settings = state.settings()
     print(encode_key(state.public_key()))
     log.info(
-        "%s %s: subnet %s, listen %s, endpoint %s",
+        "%s %s: subnet %s and %s, listen %s, endpoint %s",
         "initialised" if created else "already initialised",
         state.dir,
         settings.subnet,
+        settings.subnet6,
         settings.listen,
         settings.endpoint,
     )
@@ -256,9 +260,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_add_client(args: argparse.Namespace) -> int:
     state = ServerState(args.state_dir)
-    record, profile = state.add_client(args.name, args.address)
+    record, profile = state.add_client(args.name, args.address, args.address6)
     sys.stdout.write(profile)
-    log.info("registered client %s with address %s", record.name, record.address)
+    also = f" and {record.address6}" if record.address6 else ""
+    log.info("registered client %s with address %s%s", record.name, record.address, also)
     return 0
 
 
@@ -290,9 +295,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         listener = bind_listener(args.listen or settings.listen)
         tun = open_tun(args.tun, offload=not args.no_offload)
-        configure_interface(tun.name, settings.server_interface, settings.mtu)
+        configure_interface(tun.name, settings.server_interface, settings.mtu, settings.server_interface6)
         if args.nat:
-            enable_nat(journal, settings.subnet, tun.name, args.egress)
+            enable_nat(journal, settings.subnet, tun.name, args.egress, settings.subnet6)
         server = Server(
             state=state,
             settings=settings,
@@ -323,11 +328,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def ipv4(text: str) -> ipaddress.IPv4Address:
+def ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
-        return ipaddress.IPv4Address(text)
+        return ipaddress.ip_address(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an IPv4 address: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,13 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("init", "create the server key and settings if missing; print the public key")
     p.add_argument("--subnet", help="tunnel subnet (default 10.0.0.0/24); the server takes its first address")
-    p.add_argument("--listen", help="HOST:PORT to listen on (default 0.0.0.0:55555)")
+    p.add_argument(
+        "--subnet6", help="tunnel IPv6 prefix (default: a random unique local /64, RFC 4193); the server takes ::1"
+    )
+    p.add_argument("--listen", help="HOST:PORT to listen on (default 0.0.0.0:55555; [::]:55555 for both IPv6 and IPv4)")
     p.add_argument("--endpoint", help="HOST:PORT that clients dial, written into profiles")
     p.set_defaults(func=cmd_init)
 
     p = add("add-client", "register a client with a fresh key pair; print its profile")
     p.add_argument("name", help="client name (letters, digits, '.', '_', '-')")
     p.add_argument("--address", help="tunnel address (default: the next free one)")
+    p.add_argument("--address6", help="IPv6 tunnel address (default: the one with the same host number)")
     p.set_defaults(func=cmd_add_client)
 
     p = add("list-clients", "list registered clients: name, address, public key")
@@ -367,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-offload", action="store_true", help="plain mode: one packet per frame, no TUN offloads")
     p.add_argument("--nat", action="store_true", help="be the clients' internet gateway: forward and masquerade")
     p.add_argument("--egress", metavar="IFACE", help="interface for --nat (default: that of the default route)")
-    p.add_argument("--dns", type=ipv4, action="append", default=[], metavar="IP", help="DNS server pushed to clients")
+    p.add_argument(
+        "--dns", type=ip_address, action="append", default=[], metavar="IP", help="DNS server (IPv4 or IPv6) to push"
+    )
     p.set_defaults(func=cmd_run)
 
     add_cleanup_command(sub, "server", "NAT rules and sysctls")

@@ -23,10 +23,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from config import ClientRecord, Profile, parse_endpoint
+from config import ClientRecord, Profile, format_endpoint
 from errors import UserError
 from framing import MAX_HANDSHAKE_BODY, FrameDecoder, FrameError, FrameType, RejectReason, encode_frame, encode_header
 from handshake import HandshakeError, Initiator, Responder
+from happy_eyeballs import connect_first
 from messages import ClientHello, MessageError, SessionSettings, tai64n
 from transport import DecryptError, ReceiveState, SendState
 from tunlib import RECV_BUFFER_SIZE, LinkClosed, PeerLink
@@ -102,17 +103,16 @@ def read_handshake_frame(sock: socket.socket, decoder: FrameDecoder, deadline: f
 # -- client side -----------------------------------------------------------------
 
 
-def dial(endpoint: str) -> socket.socket:
-    """Connect to ``HOST:PORT``; an unreachable server is a :class:`UserError`."""
-    host, port = parse_endpoint(endpoint)
+def dial(addresses: list[str], port: int) -> socket.socket:
+    """Connect to the first of the server's ``addresses`` that answers (Happy Eyeballs, IPv6
+    first); an unreachable server is a :class:`UserError`."""
+    where = " or ".join(format_endpoint(a, port) for a in addresses)
     try:
-        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-    except socket.gaierror as exc:
-        raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
+        sock = connect_first(addresses, port, CONNECT_TIMEOUT)
     except TimeoutError:
-        raise UserError(f"server {host}:{port} is unreachable: connection timed out") from None
+        raise UserError(f"server {where} is unreachable: connection timed out") from None
     except OSError as exc:
-        raise UserError(f"server {host}:{port} is unreachable: {exc.strerror or exc}") from None
+        raise UserError(f"server {where} is unreachable: {exc.strerror or exc}") from None
     tune_carrier(sock)
     return sock
 

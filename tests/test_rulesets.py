@@ -24,6 +24,19 @@ from gateway import ipv6_block_ruleset, killswitch_ruleset, nft_name, resolv_con
 from nat import nat_ruleset
 
 SUBNET = ipaddress.IPv4Network("10.0.0.0/24")
+SUBNET6 = ipaddress.IPv6Network("fd00:1:2:3::/64")
+
+
+def chain_rules(ruleset: str, chain: str) -> list[str]:
+    """The rule lines of one chain, so an assertion also checks which chain a rule is in."""
+    lines = ruleset.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == f"chain {chain} {{")
+    rules = []
+    for line in lines[start + 1 :]:
+        if line.strip() == "}":
+            return rules
+        rules.append(" ".join(line.split()))
+    raise AssertionError(f"chain {chain} is not closed")
 
 
 def test_table_names_are_tagged_and_safe() -> None:
@@ -33,7 +46,7 @@ def test_table_names_are_tagged_and_safe() -> None:
 
 
 def test_killswitch_allows_only_tunnel_loopback_server_and_link_upkeep() -> None:
-    text = killswitch_ruleset("tunlib_ks_t", "tun-client0", "203.0.113.2", 55555)
+    text = killswitch_ruleset("tunlib_ks_t", "tun-client0", ["203.0.113.2"], 55555)
     assert "policy drop" in text
     assert 'oifname "tun-client0" accept' in text
     assert 'oifname "lo" accept' in text
@@ -42,6 +55,35 @@ def test_killswitch_allows_only_tunnel_loopback_server_and_link_upkeep() -> None
     assert "nd-neighbor-solicit" in text  # IPv6 neighbour discovery keeps the link
     accepts = [line.strip() for line in text.splitlines() if line.strip().endswith("accept")]
     assert len(accepts) == 7, accepts
+
+
+def test_killswitch_lets_the_carrier_reach_every_server_address() -> None:
+    text = killswitch_ruleset("tunlib_ks_t", "tun-client0", ["2001:db8::1", "203.0.113.2"], 443)
+    assert text.split()[1] == "inet"  # one table, both IP versions
+    output = chain_rules(text, "output")
+    assert output[0] == "type filter hook output priority filter; policy drop;"
+    assert "ip6 daddr 2001:db8::1 tcp dport 443 accept" in output
+    assert "ip daddr 203.0.113.2 tcp dport 443 accept" in output
+    assert not any("daddr" in rule for rule in chain_rules(text, "forward"))
+
+
+def test_nat66_masquerades_and_forwards_the_ipv6_subnet() -> None:
+    text = nat_ruleset("tunlib_nat_tun0", SUBNET, "tun0", "eth0", SUBNET6)
+    assert text.split()[1] == "inet"
+    forward = chain_rules(text, "forward")
+    assert 'iifname "tun0" oifname "eth0" ip6 saddr fd00:1:2:3::/64 accept' in forward
+    assert 'iifname "eth0" oifname "tun0" ip6 daddr fd00:1:2:3::/64 ct state established,related accept' in forward
+    # The catch-all drops come after every accept, in the same chain.
+    assert forward[-2:] == ['iifname "tun0" drop', 'oifname "tun0" drop']
+    assert chain_rules(text, "postrouting")[1:] == [
+        'oifname "eth0" ip saddr 10.0.0.0/24 masquerade',
+        'oifname "eth0" ip6 saddr fd00:1:2:3::/64 masquerade',
+    ]
+
+
+def test_nat_without_ipv6_has_no_ipv6_rule() -> None:
+    text = nat_ruleset("tunlib_nat_tun0", SUBNET, "tun0", "eth0")
+    assert "ip6" not in text
 
 
 def test_nat_forwards_only_the_tunnel_subnet_between_tun_and_egress() -> None:
@@ -76,11 +118,13 @@ def scratch_netns() -> Iterator[str]:
 @pytest.mark.parametrize(
     "ruleset",
     [
-        killswitch_ruleset("tunlib_ks_tun_client0", "tun-client0", "203.0.113.2", 55555),
+        killswitch_ruleset("tunlib_ks_tun_client0", "tun-client0", ["203.0.113.2"], 55555),
+        killswitch_ruleset("tunlib_ks_tun_client0", "tun-client0", ["2001:db8::2", "203.0.113.2"], 443),
         ipv6_block_ruleset("tunlib_v6_tun_client0"),
         nat_ruleset("tunlib_nat_tun0", SUBNET, "tun0", "eth0"),
+        nat_ruleset("tunlib_nat_tun0", SUBNET, "tun0", "eth0", SUBNET6),
     ],
-    ids=["kill-switch", "ipv6-block", "nat"],
+    ids=["kill-switch", "kill-switch-dual-stack", "ipv6-block", "nat", "nat44-and-nat66"],
 )
 def test_the_kernel_accepts_each_ruleset(scratch_netns: str, ruleset: str) -> None:
     def nft(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
