@@ -43,6 +43,8 @@ from messages import DEFAULT_MTU, IPV6_MIN_MTU, MAX_IPV6_PREFIX, MAX_MTU, MIN_MT
 
 DEFAULT_PORT = 55555
 DEFAULT_SUBNET = "10.0.0.0/24"
+NO_IPV6 = "none"
+"""``init --subnet6 none``: the tunnel carries IPv4 only (clients then block IPv6 under a full tunnel)."""
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
 KEY_LEN = 32
 log = logging.getLogger(__name__)
@@ -198,17 +200,21 @@ class ServerState:
         net = _parse_subnet(subnet or old.get("subnet", DEFAULT_SUBNET))
         if subnet and old.get("subnet") not in (None, str(net)) and self.clients():
             raise UserError("cannot change the subnet while clients are registered")
-        net6 = _parse_subnet6(subnet6) if subnet6 else None
-        if net6 is not None and old.get("subnet6") not in (None, str(net6)) and self.clients():
-            raise UserError("cannot change the IPv6 subnet while clients are registered")
-        net6 = net6 or (_parse_subnet6(old["subnet6"]) if old.get("subnet6") else random_ula_prefix())
+        if subnet6 is None:  # keep what is there; a directory from before IPv6 gets a prefix now
+            net6 = _parse_subnet6(old["subnet6"]) if old.get("subnet6") else None
+            if "subnet6" not in old:
+                net6 = random_ula_prefix()
+        else:
+            net6 = None if subnet6 == NO_IPV6 else _parse_subnet6(subnet6)
+            if "subnet6" in old and old["subnet6"] != (str(net6) if net6 else None) and self.clients():
+                raise UserError("cannot change the IPv6 subnet while clients are registered")
         listen = listen or old.get("listen", DEFAULT_LISTEN)
         parse_endpoint(listen)
         endpoint = endpoint or old.get("endpoint") or _default_endpoint(listen)
         parse_endpoint(endpoint)
         settings = {
             "subnet": str(net),
-            "subnet6": str(net6),
+            "subnet6": str(net6) if net6 else None,
             "listen": listen,
             "endpoint": endpoint,
             "mtu": old.get("mtu", DEFAULT_MTU),

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 
 import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
-from config import ClientRecord, ServerSettings, ServerState, encode_key, parse_endpoint
+from config import ClientRecord, ServerSettings, ServerState, encode_key, format_endpoint, parse_endpoint
 from errors import UserError
 from journal import Journal, journal_path
 from messages import ClientHello, SessionSettings
@@ -138,6 +138,7 @@ class Server:
                 log.warning("too many handshakes in progress; dropping connection from %s", peer[0])
                 sock.close()
                 continue
+            peer = peer_address(peer)
             thread = threading.Thread(
                 target=self.serve_connection, args=(sock, peer), name=f"conn-{peer[0]}", daemon=True
             )
@@ -145,9 +146,9 @@ class Server:
                 self.connections.add(thread)
             thread.start()
 
-    def serve_connection(self, sock: socket.socket, peer: tuple) -> None:
+    def serve_connection(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         """Handshake, then run this client's session until it ends. Never raises."""
-        where = f"{peer[0]}:{peer[1]}"
+        where = format_endpoint(*peer)
         try:
             try:
                 tune_carrier(sock)
@@ -217,6 +218,15 @@ class Server:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.tun.close()
         self.waker.close()
+
+
+def peer_address(sockaddr: tuple) -> tuple[str, int]:
+    """A connection's source as (address, port), an IPv4 client of a ``[::]`` listener shown as
+    the IPv4 address it is, not as ``::ffff:a.b.c.d``."""
+    address = ipaddress.ip_address(sockaddr[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address), sockaddr[1]
 
 
 def bind_listener(listen: str) -> socket.socket:
@@ -348,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("init", "create the server key and settings if missing; print the public key")
     p.add_argument("--subnet", help="tunnel subnet (default 10.0.0.0/24); the server takes its first address")
     p.add_argument(
-        "--subnet6", help="tunnel IPv6 prefix (default: a random unique local /64, RFC 4193); the server takes ::1"
+        "--subnet6",
+        help="tunnel IPv6 prefix (default: a random unique local /64, RFC 4193), or 'none' for an IPv4-only"
+        " tunnel; the server takes ::1",
     )
     p.add_argument("--listen", help="HOST:PORT to listen on (default 0.0.0.0:55555; [::]:55555 for both IPv6 and IPv4)")
     p.add_argument("--endpoint", help="HOST:PORT that clients dial, written into profiles")

@@ -64,7 +64,10 @@ NETNS_RUN = Path("/run/netns")
 NETNS_ETC = Path("/etc/netns")
 LINK_NETWORKS = ipaddress.IPv4Network("192.0.2.0/24")
 """TEST-NET-1: cut into /30s, one per veth pair."""
+LINK_NETWORKS6 = ipaddress.IPv6Network("2001:db8:ff::/48")
+"""IPv6 documentation prefix (RFC 3849): cut into /64s, one per veth pair, so every link is dual-stack."""
 TUNNEL_SUBNET = "10.99.0.0/24"
+TUNNEL_SUBNET6 = "fd00:99::/64"
 SERVER_PORT = 55555
 JOURNAL_DIR = Path("/var/lib/tunlib")
 """Where tunlib journals host changes: ``{client,server}-<netns inode>-<tun>.json`` (journal.py)."""
@@ -303,12 +306,14 @@ class Namespace:
 
 @dataclass(frozen=True)
 class Link:
-    """A veth pair: one end (name, address) in each of two namespaces."""
+    """A veth pair: one end (name, IPv4 and IPv6 address) in each of two namespaces."""
 
     ifname_a: str
     address_a: str
     ifname_b: str
     address_b: str
+    address6_a: str
+    address6_b: str
 
 
 class Lab:
@@ -363,10 +368,13 @@ class Lab:
         self._links += 1
         net = list(LINK_NETWORKS.subnets(new_prefix=30))[index]
         addr_a, addr_b = (str(ip) for ip in itertools.islice(net.hosts(), 2))
-        link = Link(self.ifname(f"v{index}"), addr_a, self.ifname(f"w{index}"), addr_b)
+        net6 = LINK_NETWORKS6.network_address + (index << 64)
+        addr6_a, addr6_b = str(net6 + 1), str(net6 + 2)
+        link = Link(self.ifname(f"v{index}"), addr_a, self.ifname(f"w{index}"), addr_b, addr6_a, addr6_b)
         a.ip("link", "add", link.ifname_a, "type", "veth", "peer", "name", link.ifname_b, "netns", b.name)
-        for ns, end, addr in ((a, link.ifname_a, addr_a), (b, link.ifname_b, addr_b)):
+        for ns, end, addr, addr6 in ((a, link.ifname_a, addr_a, addr6_a), (b, link.ifname_b, addr_b, addr6_b)):
             ns.ip("address", "add", f"{addr}/30", "dev", end)
+            ns.ip("-6", "address", "add", f"{addr6}/64", "dev", end, "nodad")  # usable at once
             ns.ip("link", "set", end, "up")
         return link
 
@@ -436,6 +444,8 @@ class Peer:
     """``a`` is the server's end, ``b`` the client's."""
     endpoint: str
     tunnel_ip: str
+    tunnel_ip6: str
+    """"" when the server offers no IPv6."""
     profile: Path
     tun: str
     process: Process | None = None
@@ -453,13 +463,17 @@ class TunnelLab(Lab):
             assert lab.server.ping(alice.tunnel_ip).ok
     """
 
-    def __init__(self, workdir: str | os.PathLike[str] | None = None, subnet: str = TUNNEL_SUBNET) -> None:
+    def __init__(
+        self, workdir: str | os.PathLike[str] | None = None, subnet: str = TUNNEL_SUBNET, subnet6: str = TUNNEL_SUBNET6
+    ) -> None:
         super().__init__(workdir)
         try:
             self.server = self.add_namespace("server")
             self.state_dir = self.workdir / "state"
             self.subnet = ipaddress.IPv4Network(subnet)
             self.server_ip = str(next(self.subnet.hosts()))
+            self.subnet6 = None if subnet6 == "none" else ipaddress.IPv6Network(subnet6)
+            self.server_ip6 = "" if self.subnet6 is None else str(self.subnet6.network_address + 1)
             self.server_tun = self.ifname("t0")
             self.server_process: Process | None = None
             self.peers: dict[str, Peer] = {}
@@ -469,6 +483,8 @@ class TunnelLab(Lab):
                 "init",
                 "--subnet",
                 subnet,
+                "--subnet6",
+                subnet6,
                 "--listen",
                 f"0.0.0.0:{SERVER_PORT}",
                 "--endpoint",
@@ -515,23 +531,24 @@ class TunnelLab(Lab):
         self.server_process = process
         return process
 
-    def register(self, name: str) -> tuple[Path, str]:
-        """``server.py add-client NAME``: write the profile (0600); return it and the tunnel address."""
+    def register(self, name: str) -> tuple[Path, str, str]:
+        """``server.py add-client NAME``: write the profile (0600); return it and the tunnel addresses
+        (the IPv6 one is "" for a server without IPv6)."""
         profile_text = self.server_cli("add-client", name, check=True).stdout
         profile = self.workdir / f"{name}.conf"
         profile.touch(mode=0o600)
         profile.write_text(profile_text)
-        tunnel_ip = re.search(r"tunnel address ([\d.]+)/", profile_text)[1]  # type: ignore[index]
-        return profile, tunnel_ip
+        found = re.search(r"tunnel address ([\d.]+)/\d+(?: and ([0-9a-f:]+)/)?", profile_text)
+        assert found is not None, profile_text
+        return profile, found[1], found[2] or ""
 
     def add_client(self, name: str) -> Peer:
         """Register ``name``, give it a namespace linked to the server, write its profile (0600)."""
         ns = self.add_namespace(name)
         link = self.connect(self.server, ns)
-        profile, tunnel_ip = self.register(name)
-        peer = Peer(
-            name, ns, link, f"{link.address_a}:{SERVER_PORT}", tunnel_ip, profile, self.ifname(f"c{len(self.peers)}")
-        )
+        profile, tunnel_ip, tunnel_ip6 = self.register(name)
+        tun = self.ifname(f"c{len(self.peers)}")
+        peer = Peer(name, ns, link, f"{link.address_a}:{SERVER_PORT}", tunnel_ip, tunnel_ip6, profile, tun)
         self.peers[name] = peer
         return peer
 

@@ -771,3 +771,39 @@ def test_record_without_address6_gets_the_paired_one(tmp_path):
     (old,) = s.clients()
     assert old.address6 is None
     assert s.settings().client_address6(old) == ipaddress.IPv6Address("2001:db8:9::14")
+
+
+def test_subnet6_none_turns_ipv6_off_and_stays_off(tmp_path):
+    s = ServerState(tmp_path / "state")
+    s.init(None, LISTEN, None, "none")
+    assert json.loads(s.settings_path.read_text())["subnet6"] is None
+    s.init(None, LISTEN, None)  # again without --subnet6: still off
+    assert s.settings().subnet6 is None
+    record, _ = s.add_client("alice", None)
+    assert record.address6 is None
+    assert "address6" not in json.loads((s.clients_dir / "alice.json").read_text())
+    assert s.settings().client_address6(record) is None
+    with pytest.raises(UserError, match="no IPv6 subnet"):
+        s.add_client("bob", None, "fd00::5")
+
+
+def test_a_directory_from_before_ipv6_gets_a_prefix_on_init(tmp_path):
+    s = ServerState(tmp_path / "state")
+    s.init(None, LISTEN, None)
+    raw = json.loads(s.settings_path.read_text())
+    del raw["subnet6"]
+    s.settings_path.write_text(json.dumps(raw))
+    assert s.settings().subnet6 is None
+    assert s.init(None, None, None) is True
+    assert s.settings().subnet6 is not None
+
+
+def test_subnet6_cannot_change_under_registered_clients(tmp_path):
+    s = ServerState(tmp_path / "state")
+    s.init(None, LISTEN, None, "2001:db8:1::/64")
+    s.add_client("alice", None)
+    with pytest.raises(UserError, match="cannot change the IPv6 subnet"):
+        s.init(None, None, None, "2001:db8:2::/64")
+    with pytest.raises(UserError, match="cannot change the IPv6 subnet"):
+        s.init(None, None, None, "none")
+    assert s.init(None, None, None, "2001:db8:1::/64") is False

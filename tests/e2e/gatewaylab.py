@@ -308,13 +308,14 @@ class GatewayLab(TunnelLab):
         ns.ip("route", "add", "default", "via", link.address_a)
         resolv = netlab.NETNS_ETC / ns.name / "resolv.conf"
         resolv.write_text(f"# the client's own resolver, before any tunnel\nnameserver {ISP_DNS}\n")
-        profile, tunnel_ip = self.register(name)
+        profile, tunnel_ip, tunnel_ip6 = self.register(name)
         peer = Peer(
             name,
             ns,
             link,
             f"{self.server_outer}:{netlab.SERVER_PORT}",
             tunnel_ip,
+            tunnel_ip6,
             profile,
             self.ifname(f"c{len(self.peers)}"),
         )

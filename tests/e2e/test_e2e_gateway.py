@@ -174,8 +174,10 @@ def test_split_tunnel_sends_only_its_route_through_the_server(gw: GatewayLab) ->
     assert fetch_source(gw, alice, f"http://{WEB}/") == client_ip(alice)
 
 
-def test_ipv6_is_blocked_under_full_tunnel(gw: GatewayLab) -> None:
-    """The tunnel carries IPv4 only, so a full tunnel must stop IPv6 rather than let it bypass."""
+def test_ipv6_is_blocked_under_full_tunnel_to_a_server_without_ipv6(gw: GatewayLab) -> None:
+    """A server that offers no IPv6 (``init --subnet6 none``) gets a tunnel for IPv4 only, so a
+    full tunnel must stop IPv6 rather than let it bypass."""
+    gw.server_cli("init", "--subnet6", "none", check=True)
     gw.start_server(*SERVER_FLAGS)
     alice = gw.add_client("alice")
     gw.add_ipv6(alice)
