@@ -1,4 +1,4 @@
-"""Just enough IPv4 for a VPN data path: addresses, the internet checksum, and ping replies.
+"""Just enough IPv4 and IPv6 for a VPN data path: addresses, the internet checksum, and ping replies.
 
 A tunnel mostly moves packets without looking inside them. Routing needs only the IPv4
 source and destination addresses, at fixed offsets 12 and 16, which the data path
@@ -8,7 +8,8 @@ two other reasons to look inside:
 * Checksums. IPv4 and ICMP protect their headers with the ones'-complement "internet
   checksum" of RFC 1071 (`internet_checksum`).
 * Answering ping. A tunnel endpoint that answers pings to its own tunnel address
-  (`echo_reply_for`) lets users test the tunnel with plain `ping`. The packets come from
+  (`echo_reply_for`, and `echo_reply6_for` for ICMPv6) lets users test the tunnel with
+  plain `ping` and `ping -6`. The packets come from
   the other end of the tunnel, which may be hostile, so the parser checks every field
   it uses and returns None for anything it does not fully understand. It never raises.
 
@@ -172,4 +173,73 @@ def echo_reply_for(packet: Buffer, own_address: bytes) -> bytes | None:
     reply[_IPV4_MIN_HEADER_LEN + 4 :] = icmp[4:]
     icmp_checksum = internet_checksum(memoryview(reply)[_IPV4_MIN_HEADER_LEN:])
     struct.pack_into("!H", reply, _IPV4_MIN_HEADER_LEN + 2, icmp_checksum)
+    return bytes(reply)
+
+
+# -- IPv6 (RFC 8200) and ICMPv6 (RFC 4443) ---------------------------------------------------
+
+IPPROTO_ICMPV6 = 58
+ICMPV6_ECHO_REQUEST = 128
+ICMPV6_ECHO_REPLY = 129
+IPV6_HEADER_LEN = 40
+# RFC 8200 section 3: version/traffic class/flow label, payload length, next header, hop limit,
+# source, destination.
+_IPV6_HEADER = struct.Struct("!IHBB16s16s")
+# The hop limit of our replies: Linux's default (net.ipv6.conf.all.hop_limit).
+REPLY_HOP_LIMIT = 64
+
+
+def _is_unicast_source6(address: bytes) -> bool:
+    """Say whether an IPv6 source can receive a reply: not ::, ::1, multicast (ff00::/8) or
+    an IPv4-mapped address (a tunnel peer never legitimately sends from one)."""
+    if address[0] == 0xFF or address == bytes(16) or address == bytes(15) + b"\x01":
+        return False
+    return address[:12] != bytes(10) + b"\xff\xff"
+
+
+def icmpv6_checksum(source: bytes, destination: bytes, message: Buffer) -> int:
+    """The ICMPv6 checksum (RFC 4443 section 2.3): the internet checksum over the IPv6
+    pseudo-header of RFC 8200 section 8.1 (source, destination, upper-layer length as 32 bits,
+    three zero bytes, next header 58) followed by the ICMPv6 message."""
+    pseudo = source + destination + struct.pack("!I3xB", len(message), IPPROTO_ICMPV6)
+    return internet_checksum(pseudo + bytes(message))
+
+
+def echo_reply6_for(packet: Buffer, own_address: bytes) -> bytes | None:
+    """Build the ICMPv6 echo reply to `packet` if it is a ping to `own_address` (16 bytes).
+
+    `packet` is a plain IPv6 packet. The reply is returned only when all of these hold;
+    otherwise the result is None, and no input makes this function raise:
+
+    * version 6, payload length equal to what follows the 40-byte header;
+    * next header ICMPv6 directly. A request behind extension headers is left to the kernel
+      (the caller writes it to the TUN), since answering it right means processing them;
+    * destination `own_address`, source a unicast address;
+    * an echo request (type 128, code 0) of at least 8 bytes whose checksum over the
+      pseudo-header is valid.
+
+    The reply swaps the addresses, keeps the traffic class (minus ECN) and flow label 0,
+    uses hop limit 64, and carries type 129 with the request's identifier, sequence number
+    and data (RFC 4443 section 4.2), its checksum computed afresh.
+    """
+    if len(packet) < IPV6_HEADER_LEN + _ICMP_ECHO_HEADER_LEN:
+        return None
+    first_word, payload_len, next_header, _, src, dst = _IPV6_HEADER.unpack_from(packet)
+    if first_word >> 28 != 6 or payload_len != len(packet) - IPV6_HEADER_LEN:
+        return None
+    if next_header != IPPROTO_ICMPV6 or dst != own_address or not _is_unicast_source6(src):
+        return None
+    icmp = packet[IPV6_HEADER_LEN:]
+    if icmp[0] != ICMPV6_ECHO_REQUEST or icmp[1] != 0 or icmpv6_checksum(src, dst, icmp) != 0:
+        return None
+
+    traffic_class = (first_word >> 20) & 0xFF & ~_ECN_MASK
+    reply = bytearray(len(packet))
+    _IPV6_HEADER.pack_into(
+        reply, 0, (6 << 28) | (traffic_class << 20), payload_len, IPPROTO_ICMPV6, REPLY_HOP_LIMIT, dst, src
+    )
+    reply[IPV6_HEADER_LEN] = ICMPV6_ECHO_REPLY
+    reply[IPV6_HEADER_LEN + 4 :] = icmp[4:]
+    checksum = icmpv6_checksum(dst, src, memoryview(reply)[IPV6_HEADER_LEN:])
+    struct.pack_into("!H", reply, IPV6_HEADER_LEN + 2, checksum)
     return bytes(reply)

@@ -11,8 +11,11 @@ from hypothesis import strategies as st
 from packets import (
     ICMP_ECHO_REPLY,
     ICMP_ECHO_REQUEST,
+    ICMPV6_ECHO_REQUEST,
     IPPROTO_ICMP,
+    echo_reply6_for,
     echo_reply_for,
+    icmpv6_checksum,
     internet_checksum,
 )
 
@@ -343,3 +346,93 @@ def test_corrupted_capture_never_raises(position: int, xor: int, fix_checksum: b
     reply = echo_reply_for(corrupted, PING_DST)
     if reply is not None:
         assert_valid_reply(corrupted, reply)
+
+
+# -- ICMPv6 echo (RFC 4443) -------------------------------------------------------------------
+
+# Captured from Linux 6.18: `ping -6 -c1 -s 24 -I 2001:db8::7 fd00:99::1` inside a scratch
+# namespace, request and the kernel's own reply (whose flow label Linux picks at random).
+KERNEL_REQUEST6 = bytes.fromhex(
+    "600bf51200203a4020010db8000000000000000000000007fd000099000000000000000000000001"
+    "80008af62a45000188590f6b00000000b0f80a00000000001011121314151617"
+)
+KERNEL_REPLY6 = bytes.fromhex(
+    "6001ccce00203a40fd00009900000000000000000000000120010db8000000000000000000000007"
+    "810089f62a45000188590f6b00000000b0f80a00000000001011121314151617"
+)
+OWN6 = bytes.fromhex("fd000099000000000000000000000001")
+PEER6 = bytes.fromhex("20010db8000000000000000000000007")
+
+
+def icmpv6_echo_request(src: bytes, dst: bytes, ident: int, seq: int, data: bytes, tclass: int = 0) -> bytes:
+    message = bytearray(struct.pack("!BBHHH", ICMPV6_ECHO_REQUEST, 0, 0, ident, seq) + data)
+    struct.pack_into("!H", message, 2, icmpv6_checksum(src, dst, message))
+    header = struct.pack("!IHBB16s16s", (6 << 28) | (tclass << 20) | 0x12345, len(message), 58, 64, src, dst)
+    return header + bytes(message)
+
+
+def test_icmpv6_reply_matches_the_kernels_but_for_the_flow_label() -> None:
+    reply = echo_reply6_for(KERNEL_REQUEST6, OWN6)
+    assert reply is not None
+    assert reply[0] == KERNEL_REPLY6[0] and reply[1] & 0xF0 == KERNEL_REPLY6[1] & 0xF0
+    assert reply[1] & 0x0F == 0 and reply[2:4] == b"\x00\x00"  # flow label 0
+    assert reply[4:] == KERNEL_REPLY6[4:]
+
+
+def test_icmpv6_checksum_of_the_kernels_packets_verifies() -> None:
+    for packet in (KERNEL_REQUEST6, KERNEL_REPLY6):
+        assert icmpv6_checksum(packet[8:24], packet[24:40], packet[40:]) == 0
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        KERNEL_REQUEST6[:47],  # shorter than header + echo header
+        b"\x40" + KERNEL_REQUEST6[1:],  # version 4
+        KERNEL_REQUEST6[:5] + b"\x21" + KERNEL_REQUEST6[6:],  # payload length off by one
+        KERNEL_REQUEST6 + b"\x00",  # trailing byte
+        KERNEL_REQUEST6[:6] + b"\x00" + KERNEL_REQUEST6[7:],  # hop-by-hop header first: left to the kernel
+        KERNEL_REQUEST6[:40] + b"\x81" + KERNEL_REQUEST6[41:],  # an echo reply, not a request
+        KERNEL_REQUEST6[:42] + b"\x00\x00" + KERNEL_REQUEST6[44:],  # bad checksum
+        icmpv6_echo_request(b"\xff\x02" + bytes(13) + b"\x01", OWN6, 1, 1, b"x"),  # multicast source
+        icmpv6_echo_request(bytes(15) + b"\x01", OWN6, 1, 1, b"x"),  # ::1 source
+        icmpv6_echo_request(bytes(10) + b"\xff\xff\xc0\x00\x02\x01", OWN6, 1, 1, b"x"),  # v4-mapped source
+        icmpv6_echo_request(PEER6, PEER6, 1, 1, b"x"),  # not to us
+    ],
+)
+def test_no_icmpv6_reply(packet: bytes) -> None:
+    assert echo_reply6_for(packet, OWN6) is None
+
+
+@given(
+    src=st.binary(min_size=16, max_size=16).filter(lambda a: a[0] not in (0, 0xFF)),
+    tclass=st.integers(0, 255),
+    ident=st.integers(0, 0xFFFF),
+    seq=st.integers(0, 0xFFFF),
+    data=st.binary(max_size=300),
+)
+def test_icmpv6_reply_to_any_valid_request(src: bytes, tclass: int, ident: int, seq: int, data: bytes) -> None:
+    request = icmpv6_echo_request(src, OWN6, ident, seq, data, tclass)
+    reply = echo_reply6_for(request, OWN6)
+    assert reply is not None
+    assert reply[8:24] == OWN6 and reply[24:40] == src
+    assert (int.from_bytes(reply[:4], "big") >> 20) & 0xFF == tclass & ~0x03  # DSCP kept, ECN cleared
+    assert reply[6] == 58 and reply[7] == 64
+    assert reply[40] == 129 and reply[41] == 0
+    assert reply[44:] == request[44:]  # identifier, sequence, data
+    assert icmpv6_checksum(OWN6, src, reply[40:]) == 0
+
+
+@given(packet=st.binary(max_size=120), own=st.binary(min_size=16, max_size=16))
+def test_icmpv6_arbitrary_bytes_never_raise(packet: bytes, own: bytes) -> None:
+    echo_reply6_for(packet, own)
+
+
+@given(position=st.integers(0, len(KERNEL_REQUEST6) - 1), xor=st.integers(1, 255))
+def test_icmpv6_corrupted_request_gets_no_reply_or_a_valid_one(position: int, xor: int) -> None:
+    packet = bytearray(KERNEL_REQUEST6)
+    packet[position] ^= xor
+    reply = echo_reply6_for(bytes(packet), OWN6)
+    if reply is not None:  # only the traffic class, flow label or hop limit may have changed
+        assert position in (1, 2, 3, 7) or (position == 0 and xor < 0x10)
+        assert icmpv6_checksum(reply[8:24], reply[24:40], reply[40:]) == 0
