@@ -63,7 +63,11 @@ ISP_DNS = "203.0.113.53"
 DNS_NAME = "web.tunlib.test"
 """The one name both DNS servers answer, with :data:`WEB`."""
 CLIENT_V6, INTERNET_V6 = "2001:db8:1::2", "2001:db8:1::1"
-"""IPv6 on the client's outer link (RFC 3849 documentation prefix)."""
+"""Extra IPv6 on the client's outer link (RFC 3849 documentation prefix), for leak checks."""
+WEB6 = "2001:db8:80::80"
+"""The IPv6 web server out on the internet (not on any client's link, so only routes reach it)."""
+PUSHED_DNS6 = "2001:db8:53::53"
+"""An IPv6 DNS server ``server.py run --dns`` can push."""
 BULK_PATH = "/bulk"
 
 
@@ -269,15 +273,21 @@ class GatewayLab(TunnelLab):
             self.internet = self.add_namespace("internet")
             # First /30: the server takes .1, which is the Endpoint that TunnelLab wrote into profiles.
             uplink = self.connect(self.server, self.internet)
-            self.server_outer = uplink.address_a
+            self.server_outer, self.server_outer6 = uplink.address_a, uplink.address6_a
             self.server.ip("route", "add", "default", "via", uplink.address_b)
+            self.server.ip("-6", "route", "add", "default", "via", uplink.address6_b)
             self.internet.run("sysctl", "-qw", "net.ipv4.ip_forward=1", check=True)
+            self.internet.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", check=True)
             for address in (WEB, OTHER_WEB, PUSHED_DNS, ISP_DNS):
                 self.internet.ip("address", "add", f"{address}/32", "dev", "lo")
-            self.web = WebServer([self._listener(socket.AF_INET, "0.0.0.0", 80)], bulk)
+            for address in (WEB6, PUSHED_DNS6):
+                self.internet.ip("-6", "address", "add", f"{address}/128", "dev", "lo", "nodad")
+            self.web = WebServer(
+                [self._listener(socket.AF_INET, "0.0.0.0", 80), self._listener(socket.AF_INET6, WEB6, 80)], bulk
+            )
             self.services.append(self.web)
             self.dns = DnsServer(
-                [self._udp(PUSHED_DNS, 53), self._udp(ISP_DNS, 53)],
+                [self._udp(PUSHED_DNS, 53), self._udp(ISP_DNS, 53), self._udp(PUSHED_DNS6, 53)],
                 DNS_NAME,
                 WEB,
             )
@@ -296,7 +306,8 @@ class GatewayLab(TunnelLab):
         return sock
 
     def _udp(self, address: str, port: int) -> socket.socket:
-        sock = self.internet.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = self.internet.socket(family, socket.SOCK_DGRAM)
         sock.bind((address, port))
         return sock
 
@@ -306,6 +317,7 @@ class GatewayLab(TunnelLab):
         ns = self.add_namespace(name)
         link = self.connect(self.internet, ns)
         ns.ip("route", "add", "default", "via", link.address_a)
+        ns.ip("-6", "route", "add", "default", "via", link.address6_a)
         resolv = netlab.NETNS_ETC / ns.name / "resolv.conf"
         resolv.write_text(f"# the client's own resolver, before any tunnel\nnameserver {ISP_DNS}\n")
         profile, tunnel_ip, tunnel_ip6 = self.register(name)
@@ -386,7 +398,7 @@ class GatewayLab(TunnelLab):
             "nft list ruleset": ["nft", "list", "ruleset"],
         }
         if server:
-            commands["ip_forward"] = ["sysctl", "net.ipv4.ip_forward"]
+            commands["ip_forward"] = ["sysctl", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"]
         else:
             commands["resolv.conf"] = ["cat", "/etc/resolv.conf"]
         parts = {}

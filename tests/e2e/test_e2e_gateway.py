@@ -29,7 +29,9 @@ from gatewaylab import (
     ISP_DNS,
     OTHER_WEB,
     PUSHED_DNS,
+    PUSHED_DNS6,
     WEB,
+    WEB6,
     GatewayLab,
     count_packets,
     missing_tools,
@@ -47,6 +49,7 @@ RECONNECT_DEADLINE = 12.0
 SERVER_FLAGS = ("--nat", "--dns", PUSHED_DNS)
 MODES = {"offload": (), "plain": ("--no-offload",)}
 HALF_ROUTES = ("0.0.0.0/1", "128.0.0.0/1")
+HALF_ROUTES6 = ("::/1", "8000::/1")
 LINK_LOCAL_IPV6 = (
     "(ip6 and dst net ff02::/16 and (icmp6 or ip6[6] == 0)) or (icmp6 and src net fe80::/10 and dst net fe80::/10)"
 )
@@ -192,6 +195,53 @@ def test_ipv6_is_blocked_under_full_tunnel_to_a_server_without_ipv6(gw: GatewayL
     assert client.terminate() == 0
     after = gw.fetch(alice, url)
     assert after["ok"], f"IPv6 should work again after the client exits: {after}"
+
+
+def test_full_tunnel_carries_ipv6_web_and_dns_through_the_server(gw: GatewayLab) -> None:
+    """A dual-stack client keeps its IPv6 internet under a full tunnel: NAT66 on the server, the
+    ::/1 + 8000::/1 routes on the client, and a resolver reached over IPv6 through the tunnel."""
+    gw.start_server("--nat", "--dns", PUSHED_DNS6)
+    alice = gw.add_client("alice")
+    assert fetch_source(gw, alice, f"http://[{WEB6}]/") == alice.link.address6_b, "without the tunnel: direct"
+
+    client = gw.start_client(alice, "--full-tunnel")
+    routes6 = alice.ns.ip("-6", "route")
+    for half in HALF_ROUTES6:
+        assert f"{half} dev {alice.tun}" in routes6, routes6
+    assert f"nameserver {PUSHED_DNS6}" in resolv_conf(alice)
+
+    assert fetch_source(gw, alice, f"http://[{WEB6}]/") == gw.server_outer6, "IPv6 should leave from the server"
+    assert fetch_source(gw, alice, f"http://{WEB}/") == gw.server_outer, "and IPv4 too"
+    mark = gw.dns.mark()
+    looked_up = gw.resolve(alice, DNS_NAME)
+    assert looked_up == {"ok": True, "addresses": [WEB]}, looked_up
+    queries = gw.dns.since(mark)
+    assert queries and {(q.source, q.destination) for q in queries} == {(gw.server_outer6, PUSHED_DNS6)}, queries
+
+    assert client.terminate() == 0
+    assert not any(half in alice.ns.ip("-6", "route") for half in HALF_ROUTES6)
+    assert fetch_source(gw, alice, f"http://[{WEB6}]/") == alice.link.address6_b
+
+
+def test_kill_switch_lets_no_ipv6_out_while_the_server_is_down(gw: GatewayLab) -> None:
+    server = gw.start_server(*SERVER_FLAGS)
+    alice = gw.add_client("alice")
+    outer = alice.link.ifname_b
+    client = gw.start_client(alice, "--full-tunnel", "--kill-switch")
+    assert fetch_source(gw, alice, f"http://[{WEB6}]/") == gw.server_outer6
+
+    assert server.terminate() == 0
+    client.wait_for_log(r"connection to the server lost")
+    capture = Capture(alice.ns, outer, "outer6")
+    mark = gw.web.mark()
+    routed = gw.fetch(alice, f"http://[{WEB6}]/", timeout=2)
+    bound = gw.fetch(alice, f"http://[{WEB6}]/", timeout=2, bind_device=outer)
+    capture.stop()
+    assert not routed["ok"] and not bound["ok"], (routed, bound)
+    assert gw.web.since(mark) == [], "an IPv6 request reached the internet while the tunnel was down"
+    leaks = packets_except(capture.path, f"not ip6 or ({LINK_LOCAL_IPV6})")
+    assert not leaks, "IPv6 left the client's link while the tunnel was down:\n" + "\n".join(leaks[:20])
+    assert client.terminate() == 0
 
 
 # -- kill switch and reconnection ---------------------------------------------------------
