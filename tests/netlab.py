@@ -601,7 +601,8 @@ def tcp_stream(
 
     The receiver hashes what arrives; compare the two digests to know every byte made it.
     """
-    listener = receiver.socket()
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    listener = receiver.socket(family)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((address, port))
     listener.listen(1)
@@ -626,7 +627,7 @@ def tcp_stream(
     thread.start()
     start = time.monotonic()
     try:
-        with sender.socket() as sock:
+        with sender.socket(family) as sock:
             sock.settimeout(timeout)
             sock.connect((address, port))
             sock.sendall(data)

@@ -6,7 +6,8 @@ sends, as DATA frames:
 
 1. in offload mode, an echo request behind a virtio-net header the kernel would reject
    (a GSO type with gso_size 0);
-2. an echo request whose source address is not ours (spoofed);
+2. an echo request whose source address is not ours (spoofed), and an ICMPv6 one likewise
+   when the server offers IPv6;
 3. three bytes that cannot be an IPv4 packet (malformed);
 4. a well-formed echo request to the server's tunnel address,
 
@@ -24,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from config import Profile
-from packets import internet_checksum
+from config import Profile, parse_endpoint
+from packets import icmpv6_checksum, internet_checksum
 from session import client_handshake, dial
 from tunlib import LinkClosed
 from vnet import PLAIN_VNET_HDR, VIRTIO_NET_HDR_GSO_TCPV4, VirtioNetHdr
@@ -42,13 +43,19 @@ def echo_request(src: bytes, dst: bytes, seq: int) -> bytes:
     return header + icmp
 
 
+def echo_request6(src: bytes, dst: bytes, seq: int) -> bytes:
+    icmp = bytearray(struct.pack("!BBHHH", 128, 0, 0, ECHO_ID, seq) + b"tunlib rogue client probe")
+    struct.pack_into("!H", icmp, 2, icmpv6_checksum(src, dst, icmp))
+    return struct.pack("!IHBB16s16s", 6 << 28, len(icmp), 58, 64, src, dst) + bytes(icmp)
+
+
 class GotReply(Exception):
     pass
 
 
 def main() -> None:
-    profile, endpoint = Profile.load(sys.argv[1]), sys.argv[2]
-    sock = dial(endpoint)
+    profile, (host, port) = Profile.load(sys.argv[1]), parse_endpoint(sys.argv[2])
+    sock = dial([host], port)
     settings, link = client_handshake(sock, profile)
     own, server = settings.address.ip.packed, settings.server_address.packed
     prefix = PLAIN_VNET_HDR if settings.offload else b""
@@ -59,6 +66,9 @@ def main() -> None:
     if settings.offload:
         packets.append(bad_vnet + echo_request(own, server, 1))
     packets.append(prefix + echo_request(spoofed, server, 2))
+    if settings.address6 is not None:
+        spoofed6 = ipaddress.IPv6Address("fd00:bad::1").packed
+        packets.append(prefix + echo_request6(spoofed6, (settings.address6.network.network_address + 1).packed, 2))
     packets.append(prefix + b"\x45\x00\x00")  # shorter than any IPv4 header: malformed
     packets.append(prefix + echo_request(own, server, 3))
     link.send_packets(packets)
@@ -77,7 +87,7 @@ def main() -> None:
     except LinkClosed:
         pass
     link.close()
-    print(json.dumps({"offload": settings.offload, "replied": replied}))
+    print(json.dumps({"offload": settings.offload, "replied": replied, "ipv6": settings.address6 is not None}))
 
 
 if __name__ == "__main__":

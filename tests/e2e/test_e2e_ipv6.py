@@ -6,9 +6,12 @@ its TEST-NET-1 /30), and the tunnel has the IPv6 prefix fd00:99::/64 next to 10.
 
 from __future__ import annotations
 
+import re
+import signal
 from collections.abc import Callable
 
 from netlab import SERVER_PORT, TunnelLab
+from test_e2e_peer_validation import counter
 
 
 def test_one_listener_on_ipv6_serves_ipv6_and_ipv4_carriers(make_lab: Callable[..., TunnelLab]) -> None:
@@ -24,3 +27,23 @@ def test_one_listener_on_ipv6_serves_ipv6_and_ipv4_carriers(make_lab: Callable[.
     for peer in (alice, bob):
         result = peer.ns.ping(lab.server_ip)
         assert result.all_answered, result.output
+
+
+def test_icmp_reply_answers_ping6_in_user_space(make_lab: Callable[..., TunnelLab], mode: tuple[str, ...]) -> None:
+    """With ``--icmp-reply`` on both ends, ping -6 to either tunnel address is answered by
+    tunlib itself (counted), not by the kernel behind the TUN."""
+    lab = make_lab()
+    server = lab.start_server("--icmp-reply", *mode)
+    alice = lab.add_client("alice")
+    client = lab.start_client(alice, "--icmp-reply")
+    there = alice.ns.ping(lab.server_ip6, count=4)
+    back = lab.server.ping(alice.tunnel_ip6, count=3)
+    assert there.all_answered, there.output
+    assert back.all_answered, back.output
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(5) == 0
+    assert counter(server.log(), "icmp_replies", "alice") >= 4
+    client.send_signal(signal.SIGTERM)
+    assert client.wait(5) == 0
+    stats = re.findall(r"icmp_replies=(\d+)", client.log())
+    assert stats and int(stats[-1]) >= 3, client.log()

@@ -1,5 +1,6 @@
 """Traffic through a running tunnel, in both data-path modes: pings, 20 MB TCP streams,
-client-to-client forwarding, and proof that what crosses the wire is encrypted.
+client-to-client forwarding (each over IPv4 and IPv6 inside the tunnel), and proof that
+what crosses the wire is encrypted.
 
 All tests share one lab per mode (server + alice + bob, see the ``tunnel`` fixture).
 """
@@ -68,6 +69,32 @@ def test_tcp_stream_client_to_client(tunnel: TunnelLab, payload: bytes) -> None:
     alice, bob = tunnel.peers["alice"], tunnel.peers["bob"]
     assert_stream_intact(tcp_stream(alice.ns, bob.ns, bob.tunnel_ip, payload))
     assert_stream_intact(tcp_stream(bob.ns, alice.ns, alice.tunnel_ip, payload[: 2 * 1024 * 1024]))
+
+
+def test_ping6_between_clients_and_server(tunnel: TunnelLab) -> None:
+    alice, bob = tunnel.peers["alice"], tunnel.peers["bob"]
+    for ns, address in (
+        (alice.ns, tunnel.server_ip6),
+        (tunnel.server, alice.tunnel_ip6),
+        (alice.ns, bob.tunnel_ip6),
+        (bob.ns, alice.tunnel_ip6),
+    ):
+        result = ns.ping(address)
+        assert result.all_answered, f"{ns.name} -> {address}: {result.output}"
+
+
+def test_large_ping6_crosses_the_tunnel(tunnel: TunnelLab) -> None:
+    """1352 bytes of ICMPv6 data make a 1400-byte IPv6 packet: exactly the tunnel MTU."""
+    result = tunnel.peers["alice"].ns.ping(tunnel.server_ip6, size=1352)
+    assert result.all_answered, result.output
+
+
+def test_tcp_stream6_both_ways_and_between_clients(tunnel: TunnelLab, payload: bytes) -> None:
+    """IPv6 TCP: TSO6 super-packets in offload mode, 1400-byte packets in plain mode."""
+    alice, bob = tunnel.peers["alice"], tunnel.peers["bob"]
+    assert_stream_intact(tcp_stream(alice.ns, tunnel.server, tunnel.server_ip6, payload))
+    assert_stream_intact(tcp_stream(tunnel.server, alice.ns, alice.tunnel_ip6, payload))
+    assert_stream_intact(tcp_stream(alice.ns, bob.ns, bob.tunnel_ip6, payload[: 4 * 1024 * 1024]))
 
 
 def test_marker_is_encrypted_on_the_wire(tunnel: TunnelLab) -> None:
