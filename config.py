@@ -16,6 +16,7 @@ profile, and forgets it. A profile is an INI file in the spirit of a WireGuard c
     PublicKey = <base64>
     PresharedKey = <base64>
     Endpoint = vpn.example.com:55555
+    Endpoint = vpn2.example.com:443       (optional: more servers to fail over to)
 
 Everything read from disk is validated here and turned into a :class:`~errors.UserError` with
 one clear line, so the programs never show a traceback for a bad file.
@@ -312,6 +313,29 @@ def _default_endpoint(listen: str) -> str:
     return f"{host}:{port}"
 
 
+def split_endpoints(text: str) -> tuple[str, list[str]]:
+    """Take the repeated ``Endpoint`` lines of ``[Server]`` out of a profile's text.
+
+    Returns the text with every ``Endpoint`` line but the first removed (so ``configparser``,
+    which refuses repeated keys, still rejects every other duplicate), and the values of all
+    of them, in order. A profile may list several servers, as OpenVPN allows several
+    ``remote`` lines.
+    """
+    section, kept, values = "", [], []
+    for raw in text.splitlines(keepends=True):
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        else:
+            key, sep, value = line.partition("=")
+            if section == "Server" and sep and not raw[:1].isspace() and key.strip().lower() == "endpoint":
+                values.append(value.strip())
+                if len(values) > 1:
+                    continue
+        kept.append(raw)
+    return "".join(kept), values
+
+
 @dataclass(frozen=True)
 class Profile:
     """Everything a client needs to reach its server."""
@@ -321,6 +345,13 @@ class Profile:
     server_public_key: bytes
     psk: bytes
     endpoint: str
+    more_endpoints: tuple[str, ...] = ()
+    """Further ``Endpoint =`` lines: other servers (or ports) that accept this profile."""
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every endpoint, in the profile's order: the candidates ``client.py connect`` tries."""
+        return (self.endpoint, *self.more_endpoints)
 
     def render(self, address_hint: str) -> str:
         return (
@@ -334,12 +365,13 @@ class Profile:
             f"[Server]\n"
             f"PublicKey = {encode_key(self.server_public_key)}\n"
             f"PresharedKey = {encode_key(self.psk)}\n"
-            f"Endpoint = {self.endpoint}\n"
+            + "".join(f"Endpoint = {e}\n" for e in self.endpoints)
         )
 
     @classmethod
     def parse(cls, text: str, source: str) -> Profile:
         parser = configparser.ConfigParser(interpolation=None)
+        text, endpoints = split_endpoints(text)
         try:
             parser.read_string(text, source=source)
             client, server = parser["Client"], parser["Server"]
@@ -347,16 +379,17 @@ class Profile:
             private = decode_key(client["PrivateKey"], f"{source}: [Client] PrivateKey")
             server_key = decode_key(server["PublicKey"], f"{source}: [Server] PublicKey")
             psk = decode_key(server["PresharedKey"], f"{source}: [Server] PresharedKey")
-            endpoint = server["Endpoint"]
+            endpoints = endpoints or [server["Endpoint"]]
         except configparser.Error as exc:
             raise UserError(f"{source}: not a valid profile ({exc.message.splitlines()[0]})") from None
         except KeyError as exc:
             raise UserError(f"{source}: not a valid profile (missing {exc})") from None
-        try:
-            parse_endpoint(endpoint)
-        except UserError as exc:
-            raise UserError(f"{source}: [Server] Endpoint: {exc}") from None
-        return cls(name, private, server_key, psk, endpoint)
+        for endpoint in endpoints:
+            try:
+                parse_endpoint(endpoint)
+            except UserError as exc:
+                raise UserError(f"{source}: [Server] Endpoint: {exc}") from None
+        return cls(name, private, server_key, psk, endpoints[0], tuple(endpoints[1:]))
 
     @classmethod
     def load(cls, path: str) -> Profile:
