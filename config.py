@@ -4,6 +4,8 @@ Server state directory (created by ``server.py init``, mode 0700)::
 
     DIR/server.json         settings: subnet, listen address, endpoint, MTU
     DIR/server.key          the server's X25519 private key, base64, mode 0600
+    DIR/run.json            ``run`` options stored by ``server.py set`` (0600); flags override them
+    DIR/control.sock        the running server's status socket (``server.py status``)
     DIR/clients/NAME.json   one registered client: public key, preshared key, address (0600)
 
 The server never stores a client's private key: ``add-client`` prints it once, inside the
@@ -148,6 +150,7 @@ class ServerState:
         self.settings_path = self.dir / "server.json"
         self.key_path = self.dir / "server.key"
         self.clients_dir = self.dir / "clients"
+        self.run_path = self.dir / "run.json"
 
     # -- init ---------------------------------------------------------------
     def init(self, subnet: str | None, listen: str | None, endpoint: str | None) -> bool:
@@ -176,6 +179,14 @@ class ServerState:
             self.settings_path.write_text(json.dumps(settings, indent=2) + "\n")
             created = True
         return created
+
+    # -- stored run options (server.py set) ---------------------------------
+    def run_options(self) -> dict:
+        """The ``run`` options stored by ``server.py set`` (DIR/run.json), as JSON values."""
+        return _read_json(self.run_path) if self.run_path.exists() else {}
+
+    def save_run_options(self, options: dict) -> None:
+        write_private_file(self.run_path, json.dumps(options, indent=2, sort_keys=True) + "\n")
 
     # -- reading ------------------------------------------------------------
     def _require_init(self) -> None:
@@ -364,8 +375,7 @@ class Profile:
             f"\n"
             f"[Server]\n"
             f"PublicKey = {encode_key(self.server_public_key)}\n"
-            f"PresharedKey = {encode_key(self.psk)}\n"
-            + "".join(f"Endpoint = {e}\n" for e in self.endpoints)
+            f"PresharedKey = {encode_key(self.psk)}\n" + "".join(f"Endpoint = {e}\n" for e in self.endpoints)
         )
 
     @classmethod

@@ -7,6 +7,7 @@
     server.py remove-client NAME --state-dir DIR
     server.py run --state-dir DIR [--listen HOST:PORT] [--tun tun0] [--icmp-reply] [--no-offload]
                   [--nat [--egress IFACE]] [--dns IP] [-v]
+    server.py set --state-dir DIR [any run option ...] [--unset OPTION]   # stored; run uses them
     server.py status --state-dir DIR [--json]    # what the running server sees, like 'wg show'
     server.py cleanup           # undo NAT rules and sysctls left by a crashed run
 
@@ -295,6 +296,8 @@ def bind_listener(listen: str) -> socket.socket:
 def cmd_init(args: argparse.Namespace) -> int:
     state = ServerState(args.state_dir)
     created = state.init(args.subnet, args.listen, args.endpoint)
+    if given := given_run_options(args):
+        state.save_run_options({**state.run_options(), **given})
     settings = state.settings()
     print(encode_key(state.public_key()))
     log.info(
@@ -335,6 +338,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     state = ServerState(args.state_dir)
     settings = state.settings()
     state.private_key()
+    apply_run_options(args, state)
     if len(args.dns) > MAX_DNS_SERVERS:
         raise UserError(f"at most {MAX_DNS_SERVERS} --dns servers (the resolver reads no more)")
     stop = StopSignal()  # from here on, SIGTERM means "shut down in order", never "die"
@@ -430,6 +434,87 @@ def ipv4(text: str) -> ipaddress.IPv4Address:
         raise argparse.ArgumentTypeError(f"not an IPv4 address: {text!r}") from None
 
 
+RUN_DEFAULTS: dict[str, Any] = {
+    "tun": "tun0",
+    "icmp_reply": False,
+    "no_offload": False,
+    "nat": False,
+    "egress": None,
+    "dns": [],
+}
+"""The ``run`` options that ``set`` (and ``init``) can store, and their defaults when neither the
+command line nor the stored options (DIR/run.json) give them. ``--listen`` lives in server.json."""
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``run``, ``set`` and ``init``. Their default is "absent" (SUPPRESS), so a
+    command knows exactly which were given; :func:`apply_run_options` fills in the rest."""
+    absent = argparse.SUPPRESS
+    p.add_argument("--tun", default=absent, help="TUN interface name (default tun0)")
+    p.add_argument(
+        "--icmp-reply",
+        action="store_true",
+        default=absent,
+        help="answer pings to the server's tunnel address in user space",
+    )
+    p.add_argument(
+        "--no-offload", action="store_true", default=absent, help="plain mode: one packet per frame, no TUN offloads"
+    )
+    p.add_argument(
+        "--nat", action="store_true", default=absent, help="be the clients' internet gateway: forward and masquerade"
+    )
+    p.add_argument(
+        "--egress", default=absent, metavar="IFACE", help="interface for --nat (default: that of the default route)"
+    )
+    p.add_argument(
+        "--dns", type=ipv4, action="append", default=absent, metavar="IP", help="DNS server pushed to clients"
+    )
+
+
+def given_run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The run options on this command line, as JSON values."""
+    given = {key: getattr(args, key) for key in RUN_DEFAULTS if hasattr(args, key)}
+    if "dns" in given:
+        given["dns"] = [str(ip) for ip in given["dns"]]
+    return given
+
+
+def apply_run_options(args: argparse.Namespace, state: ServerState) -> None:
+    """Fill in every run option not on the command line: stored value, else the default."""
+    stored = state.run_options()
+    for key, default in RUN_DEFAULTS.items():
+        if hasattr(args, key):
+            continue
+        if key not in stored:
+            setattr(args, key, default)
+            continue
+        value = stored[key]
+        try:
+            if key == "dns":
+                if not isinstance(value, list):
+                    raise ValueError
+                value = [ipv4(ip) for ip in value]
+            elif not isinstance(value, type(default) if default is not None else str):
+                raise ValueError
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            raise UserError(f"{state.run_path}: bad stored value for {key!r}: fix it with 'server.py set'") from None
+        setattr(args, key, value)
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    state = ServerState(args.state_dir)
+    state.settings()
+    if args.listen:
+        state.init(None, args.listen, None)
+    options = {**state.run_options(), **given_run_options(args)}
+    for name in args.unset:
+        options.pop(name.replace("-", "_"), None)
+    state.save_run_options(options)
+    shown = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(options.items())) or "(none: defaults)"
+    print(f"stored run options: {shown}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="server.py", description="tunlib VPN server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -444,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subnet", help="tunnel subnet (default 10.0.0.0/24); the server takes its first address")
     p.add_argument("--listen", help="HOST:PORT to listen on (default 0.0.0.0:55555)")
     p.add_argument("--endpoint", help="HOST:PORT that clients dial, written into profiles")
+    add_run_options(p)
     p.set_defaults(func=cmd_init)
 
     p = add("add-client", "register a client with a fresh key pair; print its profile")
@@ -458,17 +544,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(func=cmd_remove_client)
 
-    p = add("run", "run the server until SIGINT/SIGTERM")
+    p = add("run", "run the server until SIGINT/SIGTERM (options not given come from 'set', then defaults)")
     p.add_argument("--listen", help="HOST:PORT to listen on (default: from init)")
-    p.add_argument("--tun", default="tun0", help="TUN interface name (default tun0)")
-    p.add_argument(
-        "--icmp-reply", action="store_true", help="answer pings to the server's tunnel address in user space"
-    )
-    p.add_argument("--no-offload", action="store_true", help="plain mode: one packet per frame, no TUN offloads")
-    p.add_argument("--nat", action="store_true", help="be the clients' internet gateway: forward and masquerade")
-    p.add_argument("--egress", metavar="IFACE", help="interface for --nat (default: that of the default route)")
-    p.add_argument("--dns", type=ipv4, action="append", default=[], metavar="IP", help="DNS server pushed to clients")
+    add_run_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = add("set", "store 'run' options in the state directory; 'run' uses them unless overridden")
+    p.add_argument("--listen", help="HOST:PORT to listen on (stored in server.json)")
+    add_run_options(p)
+    p.add_argument(
+        "--unset",
+        action="append",
+        default=[],
+        choices=sorted(key.replace("_", "-") for key in RUN_DEFAULTS),
+        help="forget a stored option (repeatable)",
+    )
+    p.set_defaults(func=cmd_set)
 
     p = add("status", "what the running server sees: listener, refusals, every client (root only)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
