@@ -408,8 +408,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    print(f"listening on {status['listen']} ({status['transport']}), {status['tun']} {status['address']}, "
-          f"{status['mode']} mode")  # fmt: skip
+    print(
+        f"listening on {status['listen']} ({status['transport']}), {status['tun']} {status['address']}, "
+        f"{status['mode']} mode"
+    )
     refused = ", ".join(f"{k} {v}" for k, v in status["refused"].items())
     print(f"refused: {refused}")
     for c in status["clients"]:

@@ -126,8 +126,14 @@ def test_any_bytes_parse_or_raise_control_error(raw: bytes) -> None:
 
 
 @settings(max_examples=300)
-@given(st.sampled_from(list(COMMANDS)), st.dictionaries(st.sampled_from(["name", "pick", "routes", "force",
-       "full_tunnel", "kill_switch", "profile", "other"]), JSON, max_size=4))  # fmt: skip
+@given(
+    st.sampled_from(list(COMMANDS)),
+    st.dictionaries(
+        st.sampled_from(["name", "pick", "routes", "force", "full_tunnel", "kill_switch", "profile", "other"]),
+        JSON,
+        max_size=4,
+    ),
+)
 def test_any_fields_of_any_command_parse_or_raise_control_error(command: str, fields: dict) -> None:
     try:
         request = parse_request(line({"version": CONTROL_VERSION, "command": command, **fields}))
