@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import socket
 import threading
 import time
 
 import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
-from config import Profile, parse_endpoint
+from config import Profile, resolve_endpoint
 from daemon import DEFAULT_GROUP, DEFAULT_SOCKET, DEFAULT_STATE_DIR, run_daemon
 from errors import UserError
 from gateway import HALF_ROUTES, ClientGateway
@@ -224,16 +223,6 @@ class Tunnel:
             self.tun.close()
         self.journal.undo()
         self.waker.close()
-
-
-def resolve_endpoint(endpoint: str) -> tuple[str, int]:
-    """Resolve the server's name once, before DNS or routes change, and pin the address."""
-    host, port = parse_endpoint(endpoint)
-    try:
-        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
-    return infos[0][4][0], port
 
 
 def cmd_run(args: argparse.Namespace) -> int:

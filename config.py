@@ -88,6 +88,16 @@ def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
     return host, int(port_text)
 
 
+def resolve_endpoint(endpoint: str) -> tuple[str, int]:
+    """Resolve the server's name once, before DNS or routes change, and pin the address."""
+    host, port = parse_endpoint(endpoint)
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
+    return infos[0][4][0], port
+
+
 def format_endpoint(host: str, port: int) -> str:
     """The inverse of :func:`parse_endpoint`: brackets around an IPv6 host."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from config import CLIENT_NAME, Profile, write_private_file
+from config import CLIENT_NAME, Profile, format_endpoint, resolve_endpoint, write_private_file
 from control import (
     STATUS_KEYS,
     ControlError,
@@ -47,7 +47,8 @@ from control import (
 )
 from controlsock import ControlSocket, Peer, Reply, group_id
 from errors import UserError
-from journal import cleanup
+from gateway import ClientGateway
+from journal import Journal, cleanup, journal_path
 from runtime import StopRequested, StopSignal, require_net_admin
 from sdnotify import sd_notify
 from tunlib import PeerLink
@@ -174,11 +175,20 @@ class ProfileStore:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One server to try: a profile and one of its endpoints."""
+    """One server to try: a profile, one of its endpoints, and that endpoint's address.
+
+    Names are resolved once, when ``connect`` starts, before the kill switch or any route is
+    in place, and the address is pinned for the life of the connection (as ``run`` does).
+    """
 
     name: str
     profile: Profile
     endpoint: str
+    address: tuple[str, int]
+
+    @property
+    def pinned(self) -> str:
+        return format_endpoint(*self.address)
 
     def __str__(self) -> str:
         return f"{self.name} at {self.endpoint}"
@@ -186,6 +196,11 @@ class Candidate:
 
 class Connection:
     """The daemon's worker for one ``connect``: choose, connect, carry, fail over, tear down.
+
+    With the kill switch, the connection raises it once, for every candidate, before the
+    first dial, and lowers it only when the connection ends: the tunnels it runs one after
+    the other never hold it themselves, so failing over from one server to the next leaves
+    no moment in which traffic could leave outside a tunnel.
 
     The caller of :meth:`start` reads ``events`` until ``("connected", ...)`` or
     ``("failed", reason)``; ``("progress", text)`` lines come before. After that first outcome the
@@ -199,6 +214,7 @@ class Connection:
         *,
         options: list[str],
         kill_switch: bool,
+        tun: str,
         factory: TunnelFactory,
         store: ProfileStore,
     ) -> None:
@@ -206,12 +222,15 @@ class Connection:
         self.pick = pick
         self.options = options
         self.kill_switch = kill_switch
+        self.guard = Journal(journal_path("client", f"{tun}-ks"))
+        """The kill switch's own journal, apart from each tunnel's."""
+        self.tun = tun
         self.factory = factory
         self.store = store
         self.stop_flag = StopSignal(handle_signals=False)
         self.events: queue.Queue[tuple[str, str]] = queue.Queue()
         self.tunnel: TunnelLike | None = None
-        """The tunnel while it is up (set after setup succeeds), for ``status``."""
+        """The tunnel being set up or running, for ``status`` and ``disconnect --force``."""
         self.candidate: Candidate | None = None
         self.ever_connected = False
         self.outcome_sent = False
@@ -256,7 +275,7 @@ class Connection:
         """Seconds for a full dial and handshake with ``candidate``, or None if it failed."""
         self._progress(f"dialing {candidate} (measuring)")
         try:
-            tunnel = self.factory(candidate.profile, candidate.endpoint, self.options, self.stop_flag)
+            tunnel = self.factory(candidate.profile, candidate.pinned, self.options, self.stop_flag)
         except UserError as exc:
             self._progress(f"{candidate}: {exc}")
             return None
@@ -276,6 +295,8 @@ class Connection:
     # -- running ----------------------------------------------------------------------
     def _run(self) -> None:
         try:
+            if self.kill_switch:
+                self._raise_kill_switch()
             order = self._order()
             index = 0
             while not self.stop_flag.is_set():
@@ -290,8 +311,16 @@ class Connection:
                     break
         except StopRequested:
             pass
+        except (UserError, OSError) as exc:  # the kill switch could not go up
+            self._outcome("failed", str(exc) if isinstance(exc, UserError) else f"{exc.strerror or exc}")
         finally:
+            self.guard.undo()
             self._outcome("failed", "disconnected before the tunnel came up")
+
+    def _raise_kill_switch(self) -> None:
+        first, *rest = [c.address for c in self.candidates]
+        self.guard.claim("client.py")
+        ClientGateway(self.guard, self.tun).kill_switch(*first, also=rest)
 
     def _run_one(self, candidate: Candidate) -> str | None:
         """Set up, run and tear down one tunnel. Returns why it ended, or None when stopped."""
@@ -299,7 +328,7 @@ class Connection:
         self._progress(f"dialing {candidate}")
         tunnel: TunnelLike | None = None
         try:
-            tunnel = self.factory(candidate.profile, candidate.endpoint, self.options, self.stop_flag)
+            tunnel = self.factory(candidate.profile, candidate.pinned, self.options, self.stop_flag)
             tunnel.journal.claim("client.py")
             tunnel.give_up_after = FAILOVER_AFTER
             self.tunnel = tunnel
@@ -312,7 +341,9 @@ class Connection:
             return None
         except StopRequested:
             return None
-        except UserError as exc:
+        except (UserError, OSError) as exc:
+            if isinstance(exc, OSError):  # e.g. the journal's disk is full: this try failed
+                exc = UserError(f"{exc.strerror or exc}")
             log.warning("%s: %s", candidate, exc)
             self.store.record_result(candidate.name, {"ok": False, "endpoint": candidate.endpoint, "error": str(exc)})
             if not self.ever_connected:
@@ -336,6 +367,7 @@ class Connection:
             if tunnel.link is not None:
                 tunnel.link.close()
             tunnel.journal.undo()
+        self.guard.undo()
 
 
 # -- the daemon ----------------------------------------------------------------------------
@@ -403,24 +435,30 @@ class Daemon:
         return result
 
     # -- connect ------------------------------------------------------------------------
-    def candidates(self, name: str | None) -> list[Candidate]:
+    def candidates(self, name: str | None, reply: Reply) -> list[Candidate]:
+        """Every endpoint of profile ``name`` (or of every profile), resolved now."""
         names = [name] if name is not None else self.store.names()
         if not names:
             raise ControlError("no profiles imported yet: client.py import PROFILE")
-        found = []
+        found, error = [], ""
         for n in names:
             profile = self.store.load(n)
-            found += [Candidate(n, profile, endpoint) for endpoint in profile.endpoints]
+            for endpoint in profile.endpoints:
+                try:
+                    found.append(Candidate(n, profile, endpoint, resolve_endpoint(endpoint)))
+                except UserError as exc:
+                    error = f"{n} at {endpoint}: {exc}"
+                    reply.send(progress_reply(error))
+        if not found:
+            raise ControlError(error)
         return found
 
     def connect(self, f: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        options = ["--tun", self.tun]
+        options = ["--tun", self.tun]  # no --kill-switch: the connection holds it (see Connection)
         if f["full_tunnel"]:
             options.append("--full-tunnel")
         for route in f["routes"]:
             options += ["--route", route]
-        if f["kill_switch"]:
-            options.append("--kill-switch")
         with self.lock:
             current = self.connection
             if current is not None and current.thread.is_alive():
@@ -429,12 +467,13 @@ class Daemon:
                 raise ControlError(f"already {current.state}: client.py disconnect first")
             if current is not None:
                 current.stop_flag.close()
-            candidates = self.candidates(f["name"])
+            candidates = self.candidates(f["name"], reply)
             conn = Connection(
                 candidates,
                 f["pick"],
                 options=options,
                 kill_switch=f["kill_switch"],
+                tun=self.tun,
                 factory=self.factory,
                 store=self.store,
             )

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -336,16 +337,31 @@ def test_disconnect_force_undoes_a_stuck_connect_at_once(lab: DaemonLab) -> None
 
 def test_failover_to_the_other_server_when_the_connected_one_stops(lab: DaemonLab) -> None:
     before = GatewayLab.snapshot(lab.home)
-    ok(lab.as_user(lab.member, "connect", "--best"))
+    ok(lab.as_user(lab.member, "connect", "--best", "--kill-switch"))
     assert lab.status()["profile"] == "alpha"
     assert lab.a.process is not None
+    watching, gaps = threading.Event(), []
+
+    def watch_kill_switch() -> None:  # the kill switch must hold through the failover
+        while not watching.is_set():
+            if "tunlib_ks_" not in lab.home.run("nft", "list", "tables").stdout:
+                gaps.append(time.monotonic())
+
+    watcher = threading.Thread(target=watch_kill_switch)
+    watcher.start()
     lab.a.process.terminate()
     try:
-        moved = wait_until(
-            lambda: (s := lab.status())["state"] == "connected" and s["profile"] == "beta" and s,
-            FAILOVER_DEADLINE,
-            "the daemon to fail over to beta",
-        )
+        try:
+            moved = wait_until(
+                lambda: (s := lab.status())["state"] == "connected" and s["profile"] == "beta" and s,
+                FAILOVER_DEADLINE,
+                "the daemon to fail over to beta",
+            )
+        finally:
+            watching.set()
+            watcher.join()
+        assert not gaps, "the kill switch was down during the failover"
+        assert moved["kill_switch"] is True
         assert moved["endpoint"] == f"{lab.b.outer}:{RELAY_PORT}" and moved["address"] == "10.96.0.2/24"
         assert lab.home.ping(lab.b.tunnel_ip, count=3).all_answered
         listing = ok(lab.as_user(lab.member, "list"))
