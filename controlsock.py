@@ -197,7 +197,7 @@ class ControlSocket:
             return
         except Exception:  # a bug: log it with its traceback, keep serving everyone else
             log.exception("control: request %r failed", line[:200])
-            reply.send(error_reply("internal error in the daemon (see its log)"))
+            reply.send(error_reply("internal error (see the log)"))
             return
         reply.send(ok_reply(result))
 
@@ -212,18 +212,23 @@ class ControlSocket:
 # -- the calling side ---------------------------------------------------------------------
 
 
-def call(path: str | os.PathLike[str], request: bytes, on_progress: Callable[[str], None] | None = None) -> Any:
+def call(
+    path: str | os.PathLike[str],
+    request: bytes,
+    on_progress: Callable[[str], None] | None = None,
+    what: str = "the daemon ('client.py daemon', tunlib-client)",
+) -> Any:
     """Send one request line and return the ``result`` of its reply.
 
-    Progress lines go to ``on_progress``; an error reply, or a daemon that cannot be reached,
-    is a :class:`UserError` with one clear line.
+    Progress lines go to ``on_progress``; an error reply, or ``what`` serves the socket and
+    cannot be reached, is a :class:`UserError` with one clear line.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
             sock.connect(os.fspath(path))
         except (FileNotFoundError, ConnectionRefusedError):
-            raise UserError(f"no daemon listens on {path}: is 'client.py daemon' (tunlib-client) running?") from None
+            raise UserError(f"nothing listens on {path}: is {what} running?") from None
         except PermissionError:
             raise UserError(f"permission denied on {path}: you must be root or in the group that may use it") from None
         sock.settimeout(REPLY_TIMEOUT)
@@ -233,9 +238,9 @@ def call(path: str | os.PathLike[str], request: bytes, on_progress: Callable[[st
             try:
                 data = sock.recv(65536)
             except TimeoutError:
-                raise UserError(f"the daemon did not answer within {REPLY_TIMEOUT:.0f} s") from None
+                raise UserError(f"no answer on {path} within {REPLY_TIMEOUT:.0f} s") from None
             if not data:
-                raise UserError("the daemon closed the connection without an answer")
+                raise UserError(f"{path} closed the connection without an answer")
             for line in lines.feed(data):
                 try:
                     reply = parse_reply(line)
@@ -251,6 +256,6 @@ def call(path: str | os.PathLike[str], request: bytes, on_progress: Callable[[st
     except ControlError as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:
-        raise UserError(f"talking to the daemon on {path} failed: {exc.strerror or exc}") from None
+        raise UserError(f"talking to {path} failed: {exc.strerror or exc}") from None
     finally:
         sock.close()

@@ -361,7 +361,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         stop.on_usr1(server.log_stats)
         server.start()
-        control = ControlSocket(state.dir / CONTROL_SOCKET, serve_status(server), root_only)
+        try:
+            control: ControlSocket | None = ControlSocket(state.dir / CONTROL_SOCKET, serve_status(server), root_only)
+        except UserError as exc:  # e.g. a state directory too deep for a socket path: serve anyway
+            log.warning("no status socket, 'server.py status' will not work: %s", exc)
+            control = None
         log.info(
             "serving on %s, %s %s in %s mode%s",
             args.listen or settings.listen,
@@ -374,7 +378,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         stop.wait()
         log.info("%s received, shutting down", stop.signal_name)
         sd_notify("STOPPING=1")
-        control.close()
+        if control is not None:
+            control.close()
         server.stop()
     finally:
         if listener is not None:
@@ -404,7 +409,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     path = state.dir / CONTROL_SOCKET
     if not path.exists():
         raise UserError(f"no server is running with {state.dir} (no {path})")
-    status = call(path, request("status"))
+    status = call(path, request("status"), what="the server")
     if args.json:
         print(json.dumps(status, indent=2))
         return 0

@@ -310,7 +310,7 @@ def test_a_refused_caller_gets_the_reason(tmp_path: Path) -> None:
 
 
 def test_no_daemon_is_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="no daemon listens"):
+    with pytest.raises(UserError, match="nothing listens on"):
         call(tmp_path / "missing.sock", encode({"command": "status"}))
 
 
