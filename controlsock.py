@@ -232,7 +232,8 @@ def call(
         except PermissionError:
             raise UserError(f"permission denied on {path}: you must be root or in the group that may use it") from None
         sock.settimeout(REPLY_TIMEOUT)
-        sock.sendall(request)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(request)  # if refused before it read this, its reply still waits for us
         lines = LineBuffer()
         while True:
             try:

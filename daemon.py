@@ -266,9 +266,9 @@ class Connection:
     def _order(self) -> list[Candidate]:
         if self.pick != "best":
             return order_candidates(self.candidates, self.pick, random.SystemRandom())
-        measured: list[tuple[Candidate, float | None]] = []
-        for candidate in self.candidates:
-            measured.append((candidate, self._probe(candidate)))
+        measured = [(candidate, self._probe(candidate)) for candidate in self.candidates]
+        if all(seconds is None for _c, seconds in measured):
+            raise UserError("no server answered a handshake")
         return rank_by_handshake(measured)
 
     def _probe(self, candidate: Candidate) -> float | None:

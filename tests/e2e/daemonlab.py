@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for netlab
@@ -77,11 +76,13 @@ class Relay:
             threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
 
     def _relay(self, conn: socket.socket) -> None:
-        time.sleep(self.delay)
-        upstream = self.ns.socket()
+        if self.stopping.wait(self.delay):
+            conn.close()
+            return
         try:
+            upstream = self.ns.socket()
             upstream.connect(self.upstream)
-        except OSError:
+        except OSError:  # the server is down, or the lab already gone
             conn.close()
             return
         for a, b in ((conn, upstream), (upstream, conn)):
