@@ -525,6 +525,7 @@ def run_daemon(args: argparse.Namespace, factory: TunnelFactory) -> int:
     if gid is None:
         log.warning("group %r does not exist: only root may use %s", args.group, args.socket)
     daemon = Daemon(store, factory, args.tun, gid, args.group)
+    stop.on_usr1(lambda: log.info("status: %s", json.dumps(daemon.status())))
     control = ControlSocket(args.socket, daemon.handle, daemon.authorize, mode=SOCKET_MODE, gid=gid)
     try:
         log.info("daemon serving %s (group %s), profiles in %s", args.socket, args.group, store.dir)
