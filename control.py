@@ -104,7 +104,7 @@ def parse_request(line: bytes) -> Request:
     """Decode and validate one request line (without its newline)."""
     try:
         obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
         raise ControlError("request is not a JSON object on one line") from None
     if not isinstance(obj, dict):
         raise ControlError("request is not a JSON object on one line")
@@ -188,7 +188,7 @@ def parse_reply(line: bytes) -> dict[str, Any]:
     """Decode a reply line (the command-line client's side); malformed is a ControlError."""
     try:
         obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ControlError("the daemon sent something that is not JSON") from None
     if not isinstance(obj, dict) or obj.get("version") != CONTROL_VERSION:
         raise ControlError("the daemon speaks another control protocol version")

@@ -102,7 +102,9 @@ def test_bad_requests_are_refused_with_a_reason(request_obj: object, fragment: s
     assert fragment in str(exc.value)
 
 
-@pytest.mark.parametrize("raw", [b"", b"\xff\xfe", b"{", b"NaN", b'{"version":1,"command":"status"} x'])
+@pytest.mark.parametrize(
+    "raw", [b"", b"\xff\xfe", b"{", b"NaN", b'{"version":1,"command":"status"} x', b"[" * 100_000 + b"]" * 100_000]
+)
 def test_undecodable_lines_are_refused(raw: bytes) -> None:
     with pytest.raises(ControlError, match="not a JSON object"):
         parse_request(raw)
