@@ -126,10 +126,13 @@ def test_a_user_imports_connects_best_and_disconnect_restores_everything(lab: Da
     assert second["rx_bytes"] > first["rx_bytes"] and second["tx_bytes"] > first["tx_bytes"]
     assert "alpha\t" in ok(lab.as_user(lab.member, "list")) and "connected to" in ok(lab.as_user(lab.member, "list"))
 
+    assert_user_error(lab.as_user(lab.member, "connect", "beta"), "already connected")
+
     assert ok(lab.as_user(lab.member, "disconnect")).strip() == "disconnected"
     assert lab.status()["state"] == "disconnected"
     assert not GatewayLab.snapshot(lab.home).diff(before), GatewayLab.snapshot(lab.home).diff(before)
     assert lab.home.links("tun") == []
+    assert ok(lab.as_user(lab.member, "disconnect")).strip() == "was not connected"
 
 
 def test_a_user_outside_the_group_is_refused(lab: DaemonLab) -> None:
