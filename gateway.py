@@ -22,8 +22,10 @@ import ipaddress
 import logging
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
+from config import format_endpoint
 from errors import UserError
 from journal import Journal
 from netsetup import run_command
@@ -63,12 +65,17 @@ def route_to(address: str) -> list[str] | None:
     return spec
 
 
-def killswitch_ruleset(table: str, tun: str, servers: list[str], port: int) -> str:
+def killswitch_ruleset(table: str, tun: str, carriers: Sequence[tuple[str, int]]) -> str:
     """Drop everything leaving by any interface but the TUN and loopback, except the carrier
-    connection to the server (any of its addresses) and DHCP, so nothing leaks while the
-    tunnel is down. The table is ``inet``, so one policy covers IPv4 and IPv6 alike."""
+    connections and DHCP, so nothing leaks while the tunnel is down. The table is ``inet``, so
+    one policy covers IPv4 and IPv6 alike.
+
+    ``carriers`` are the (address, port) pairs the carrier may reach: every address of the
+    server (IPv6 and IPv4), and for the daemon every failover candidate's too.
+    """
     carrier = "\n        ".join(
-        f"{'ip' if ipaddress.ip_address(s).version == 4 else 'ip6'} daddr {s} tcp dport {port} accept" for s in servers
+        f"{'ip' if ipaddress.ip_address(ip).version == 4 else 'ip6'} daddr {ip} tcp dport {port} accept"
+        for ip, port in carriers
     )
     return f"""table inet {table} {{
     chain output {{
@@ -119,10 +126,11 @@ class ClientGateway:
         self.journal = journal
         self.tun = tun
 
-    def kill_switch(self, servers: list[str], port: int) -> None:
+    def kill_switch(self, carriers: Sequence[tuple[str, int]]) -> None:
         table = nft_name("ks", self.tun)
-        self.journal.add_nft_table("inet", table, killswitch_ruleset(table, self.tun, servers, port))
-        log.info("kill switch on: only port %d of %s and the tunnel may be reached", port, ", ".join(servers))
+        self.journal.add_nft_table("inet", table, killswitch_ruleset(table, self.tun, carriers))
+        servers = ", ".join(format_endpoint(ip, port) for ip, port in carriers)
+        log.info("kill switch on: only %s and the tunnel may be reached", servers)
 
     def full_tunnel(self, servers: list[str], ipv6: bool) -> None:
         """Route everything through the TUN but the carrier itself; ``ipv6``: the server offers

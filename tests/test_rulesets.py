@@ -46,7 +46,7 @@ def test_table_names_are_tagged_and_safe() -> None:
 
 
 def test_killswitch_allows_only_tunnel_loopback_server_and_link_upkeep() -> None:
-    text = killswitch_ruleset("tunlib_ks_t", "tun-client0", ["203.0.113.2"], 55555)
+    text = killswitch_ruleset("tunlib_ks_t", "tun-client0", [("203.0.113.2", 55555)])
     assert "policy drop" in text
     assert 'oifname "tun-client0" accept' in text
     assert 'oifname "lo" accept' in text
@@ -58,7 +58,7 @@ def test_killswitch_allows_only_tunnel_loopback_server_and_link_upkeep() -> None
 
 
 def test_killswitch_lets_the_carrier_reach_every_server_address() -> None:
-    text = killswitch_ruleset("tunlib_ks_t", "tun-client0", ["2001:db8::1", "203.0.113.2"], 443)
+    text = killswitch_ruleset("tunlib_ks_t", "tun-client0", [("2001:db8::1", 443), ("203.0.113.2", 443)])
     assert text.split()[1] == "inet"  # one table, both IP versions
     output = chain_rules(text, "output")
     assert output[0] == "type filter hook output priority filter; policy drop;"
@@ -84,6 +84,15 @@ def test_nat66_masquerades_and_forwards_the_ipv6_subnet() -> None:
 def test_nat_without_ipv6_has_no_ipv6_rule() -> None:
     text = nat_ruleset("tunlib_nat_tun0", SUBNET, "tun0", "eth0")
     assert "ip6" not in text
+
+
+def test_a_daemon_kill_switch_also_lets_the_carrier_reach_every_failover_candidate() -> None:
+    text = killswitch_ruleset("tunlib_ks_t", "tun-client0", [("203.0.113.2", 55555), ("198.51.100.9", 443)])
+    assert "ip daddr 203.0.113.2 tcp dport 55555 accept" in text
+    assert "ip daddr 198.51.100.9 tcp dport 443 accept" in text
+    assert "ip daddr 198.51.100.9 tcp dport 55555" not in text
+    accepts = [line.strip() for line in text.splitlines() if line.strip().endswith("accept")]
+    assert len(accepts) == 8, accepts
 
 
 def test_nat_forwards_only_the_tunnel_subnet_between_tun_and_egress() -> None:
@@ -118,8 +127,8 @@ def scratch_netns() -> Iterator[str]:
 @pytest.mark.parametrize(
     "ruleset",
     [
-        killswitch_ruleset("tunlib_ks_tun_client0", "tun-client0", ["203.0.113.2"], 55555),
-        killswitch_ruleset("tunlib_ks_tun_client0", "tun-client0", ["2001:db8::2", "203.0.113.2"], 443),
+        killswitch_ruleset("tunlib_ks_tun_client0", "tun-client0", [("203.0.113.2", 55555)]),
+        killswitch_ruleset("tunlib_ks_tun_client0", "tun-client0", [("2001:db8::2", 443), ("203.0.113.2", 443)]),
         ipv6_block_ruleset("tunlib_v6_tun_client0"),
         nat_ruleset("tunlib_nat_tun0", SUBNET, "tun0", "eth0"),
         nat_ruleset("tunlib_nat_tun0", SUBNET, "tun0", "eth0", SUBNET6),
