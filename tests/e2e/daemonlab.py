@@ -113,8 +113,18 @@ class Server:
         self.state_dir = lab.workdir / f"state-{key}"
         self.tun = lab.ifname(f"s{key}")
         self.tunnel_ip = subnet.rsplit(".", 1)[0] + ".1"
+        self.subnet6 = f"fd00:{subnet.split('.')[1]}::/64"
         self.process: Process | None = None
-        self.cli("init", "--subnet", f"{subnet}/24", "--listen", f"0.0.0.0:{SERVER_PORT}", check=True)
+        self.cli(
+            "init",
+            "--subnet",
+            f"{subnet}/24",
+            "--subnet6",
+            self.subnet6,
+            "--listen",
+            f"0.0.0.0:{SERVER_PORT}",
+            check=True,
+        )
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         return self.ns.run(sys.executable, "server.py", *args, "--state-dir", str(self.state_dir), check=check)

@@ -115,7 +115,7 @@ def test_a_user_imports_connects_best_and_disconnect_restores_everything(lab: Da
         f"{lab.a.outer}:{SERVER_PORT}",
         "10.97.0.2/24",
     )
-    assert first["routes"] == ["10.97.0.0/24", "0.0.0.0/1", "128.0.0.0/1"]
+    assert first["routes"] == ["10.97.0.0/24", lab.a.subnet6, "0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"]
     assert first["dns"] == [PUSHED_DNS]
     assert first["kill_switch"] is False
     assert 0 <= first["last_handshake"] < 30
