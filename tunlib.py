@@ -264,7 +264,7 @@ class PeerLink:
     def _receive_control(self, frame_type: int, header: memoryview, body: memoryview) -> None:
         """Hand a KEEPALIVE or rekey frame to the schedule and send its answer, all under
         ``send_lock``: a key switch and the frame announcing it must be atomic against the
-        other thread's packets (PROTOCOL.md, section 8.3)."""
+        other thread's packets (PROTOCOL.md, section 12.2)."""
         counters = self.counters
         with self.send_lock:
             try:

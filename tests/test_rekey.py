@@ -1,4 +1,4 @@
-"""Tests for rekey.py: the key schedule inside a session (PROTOCOL.md, section 8).
+"""Tests for rekey.py: the key schedule inside a session (PROTOCOL.md, section 12).
 
 The schedule does no I/O, so the tests drive it directly: frames are bytes handed from one
 side's schedule to the other's, and the clock is a number. The rekey handshake is checked
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from noise.connection import Keypair, NoiseConnection
@@ -440,7 +442,7 @@ def test_policy_defaults_and_derived_timers() -> None:
 
 
 def test_byte_limits_keep_aes_gcm_within_the_cfrg_bound() -> None:
-    """PROTOCOL.md, section 8.5: usage / 16 bounds blocks + messages; (that + 1)^2 / 2^129 is
+    """PROTOCOL.md, section 12.5: usage / 16 bounds blocks + messages; (that + 1)^2 / 2^129 is
     the confidentiality advantage of draft-irtf-cfrg-aead-limits for AES-GCM."""
     units = REJECT_AFTER_BYTES // 16
     assert (units + 1) ** 2 / 2**129 < 2**-60
@@ -542,3 +544,29 @@ def test_a_silent_peer_is_dead_after_two_keepalives_and_rekey_timeout() -> None:
     assert client.poll(10.9) is Action.KEEPALIVE
     with pytest.raises(SessionExpired, match=r"no frame from the peer for 7\.0 s"):
         client.poll(11.0)
+
+
+# -- the examples of PROTOCOL.md, section 12.6 ---------------------------------------------------
+
+PROTOCOL_MD = Path(__file__).resolve().parents[1] / "PROTOCOL.md"
+
+
+@pytest.mark.parametrize(
+    ("key", "counter", "frame_type", "header_hex", "tag_hex"),
+    [
+        (bytes(range(1, 33)), 5, FrameType.KEEPALIVE, "0000001005", "70deb19b500d66ed5a7a99612cb3ed37"),
+        (bytes(range(33, 65)), 0, FrameType.REKEY_CONFIRM, "0000001008", "975a36a0bf1f3cf341aeae1178961c3f"),
+    ],
+)
+def test_control_frame_examples(key: bytes, counter: int, frame_type: int, header_hex: str, tag_hex: str) -> None:
+    """Each example is recomputed twice, with AES-GCM directly (nonce = 4 zero bytes || u64be
+    counter, AD = header) and with transport.SendState, and must appear in PROTOCOL.md."""
+    header = bytes.fromhex(header_hex)
+    assert AESGCM(key).encrypt(bytes(4) + counter.to_bytes(8, "big"), b"", header) == bytes.fromhex(tag_hex)
+    send = SendState(key)
+    send.counter = counter
+    assert send.seal(b"", frame_type) == header + bytes.fromhex(tag_hex)
+    text = PROTOCOL_MD.read_text()
+    section = text[text.index("### 12.6") :]
+    assert f"  {header_hex}  " in section
+    assert f"  {tag_hex}  " in section
