@@ -298,6 +298,8 @@ class KeySchedule:
         Raises :class:`ProtocolError` for a frame this side must never receive now, and
         ``transport.DecryptError`` for one that does not authenticate: both end the session.
         ``tx_bytes``/``rx_bytes`` are the caller's running plaintext totals, recorded at a switch.
+        KEEPALIVE and REKEY_CONFIRM only ever change receive state and return b"", so a caller
+        may handle them without its send lock.
         """
         if frame_type == FrameType.KEEPALIVE:
             if self.recv.open(header, body):

@@ -85,6 +85,8 @@ class TunGone(Exception):
     """The TUN device was deleted under us (reads fail with EBADFD): no session can go on."""
 
 
+RECEIVE_ONLY_FRAMES = frozenset({FrameType.KEEPALIVE, FrameType.REKEY_CONFIRM})
+"""Control frames that never call for an answer nor touch the send key (rekey.KeySchedule)."""
 SO_RCVTIMEO_FORMAT = struct.Struct("@ll")
 """``struct timeval`` for SO_RCVTIMEO: seconds and microseconds, native longs."""
 
@@ -254,21 +256,34 @@ class PeerLink:
                     monotonic() >= keys.next_poll
                     or counters.rx_bytes + FRAME_CHARGE * keys.recv.counter >= self._rx_due
                 ):
-                    with lock:
-                        self._poll(monotonic())
+                    # Never wait for the lock here: a sender blocked in sendall holds it until the
+                    # peer reads, and the peer's receiver may be waiting for us to read. If the
+                    # sender holds it, lowering its threshold makes it poll at its next flush.
+                    if lock.acquire(blocking=False):
+                        try:
+                            self._poll(monotonic())
+                        finally:
+                            lock.release()
+                    else:
+                        self._tx_due = -1
         except FrameError as exc:
             raise LinkClosed(f"framing error: {exc}") from None
         except (DecryptError, NonceExhausted) as exc:
             raise LinkClosed(str(exc)) from None
 
     def _receive_control(self, frame_type: int, header: memoryview, body: memoryview) -> None:
-        """Hand a KEEPALIVE or rekey frame to the schedule and send its answer, all under
-        ``send_lock``: a key switch and the frame announcing it must be atomic against the
-        other thread's packets (PROTOCOL.md, section 12.2)."""
-        counters = self.counters
-        with self.send_lock:
+        """Hand a KEEPALIVE or rekey frame to the schedule and send its answer.
+
+        A frame that is answered or switches the send key is handled under ``send_lock``: the
+        switch and the frame announcing it must be atomic against the other thread's packets
+        (PROTOCOL.md, section 12.2). KEEPALIVE and REKEY_CONFIRM change only receive state,
+        which this thread owns, so they take no lock and never wait for a blocked sender.
+        """
+        counters, keys = self.counters, self.keys
+        receive_only = frame_type in RECEIVE_ONLY_FRAMES
+        with contextlib.nullcontext() if receive_only else self.send_lock:
             try:
-                frame = self.keys.receive_control(
+                frame = keys.receive_control(
                     frame_type,
                     header,
                     body,
@@ -278,11 +293,14 @@ class PeerLink:
                 )
             except ProtocolError as exc:
                 raise LinkClosed(f"protocol error: {exc}") from None
-            self._refresh()
+            if receive_only:
+                self._rx_due = keys.rx_due
+            else:
+                self._refresh()
             if frame:
                 self._append_frame(frame)
                 self.flush()
-            counters.rekeys = self.keys.rekeys
+            counters.rekeys = keys.rekeys
 
     def close(self) -> None:
         """Wake both directions (``shutdown``) and release the socket."""
