@@ -28,7 +28,6 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 
 import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
@@ -141,7 +140,7 @@ class Server:
                 if not self.stopping.is_set():
                     self.failure = f"thread {name} failed: {type(exc).__name__}: {exc}"
                     log.error("%s; stopping the server", self.failure)
-                    log.debug("%s", "".join(traceback.format_exception(exc)))
+                    log.debug("the failure in detail", exc_info=exc)
                     self.on_failure()
 
         thread = threading.Thread(target=run, name=name, daemon=True)

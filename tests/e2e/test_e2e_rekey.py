@@ -127,3 +127,20 @@ def test_a_failing_pump_thread_ends_only_its_own_session(
     assert client.log().count("injected fault") == 1
     assert server.log().count("injected fault") == 1
     assert "Traceback" not in client.log() + server.log()
+
+
+def test_a_deleted_tun_ends_the_client_cleanly(make_lab: Callable[..., TunnelLab]) -> None:
+    """The TUN is gone, so no later session could carry packets: the client does not reconnect in
+    a loop but exits (status 1) after undoing its changes, with one line saying why."""
+    lab = make_lab()
+    server = lab.start_server()
+    alice = lab.add_client("alice")
+    client = lab.start_client(alice)
+    alice.ns.run("ip", "link", "delete", alice.tun, check=True)
+    assert client.wait(10) == 1
+    log = client.log()
+    assert re.search(rf"connection to the server lost: tun-to-socket failed: TunGone: TUN device {alice.tun}", log)
+    assert "reconnect" not in log
+    assert "Traceback" not in log
+    assert lab.journals(alice.ns) == []
+    server.wait_for_log(r"client alice disconnected: peer closed the connection")
