@@ -155,8 +155,10 @@ class KeySchedule:
 
     ``send`` and ``recv`` are the current transport states; the caller seals and opens DATA
     frames with them directly and must re-read them after every call that may switch them
-    (:meth:`receive_control`). Control frames and :meth:`poll` must be called under the
-    caller's send lock, because they seal frames and switch ``send``.
+    (:meth:`receive_control`). :meth:`poll`, :meth:`keepalive`, :meth:`begin_rekey` and the
+    control frames that are answered (REKEY_INIT, REKEY_RESPONSE) must be called under the
+    caller's send lock, because they seal frames and switch ``send``; KEEPALIVE and
+    REKEY_CONFIRM touch only receive state, which belongs to the receiving thread.
 
     Byte usage of a key is ``plaintext bytes + FRAME_CHARGE * frames`` sealed (or opened) under
     it. The caller keeps running totals of plaintext bytes per direction (``tx_bytes``,

@@ -69,8 +69,26 @@ class RunResult:
         return self.received * 8 / self.seconds / 1e9
 
 
-def stream_for(sender: netlab.Namespace, receiver: netlab.Namespace, address: str, seconds: float) -> tuple:
-    """Send copies of one random block for ``seconds``; return (sent, received, match, elapsed)."""
+@dataclass
+class Stream:
+    """What one stream sent (``copies`` of ``block``) and what arrived."""
+
+    block: bytes
+    copies: int
+    received: int
+    received_sha256: str
+    seconds: float
+
+    def intact(self) -> bool:
+        """Hash what was sent (after the measurement) and compare."""
+        expected = hashlib.sha256()
+        for _ in range(self.copies):
+            expected.update(self.block)
+        return self.received == self.copies * len(self.block) and expected.hexdigest() == self.received_sha256
+
+
+def stream_for(sender: netlab.Namespace, receiver: netlab.Namespace, address: str, seconds: float) -> Stream:
+    """Send copies of one random block for ``seconds`` over one TCP connection."""
     block = os.urandom(BLOCK)
     listener = receiver.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -113,10 +131,7 @@ def stream_for(sender: netlab.Namespace, receiver: netlab.Namespace, address: st
         thread.join(120)
     if "error" in outcome:
         raise RuntimeError(f"stream receiver failed: {outcome['error']}")
-    expected = hashlib.sha256()
-    for _ in range(copies):
-        expected.update(block)
-    return copies * BLOCK, outcome["received"], expected.hexdigest() == outcome["sha256"], outcome["elapsed"]
+    return Stream(block, copies, int(outcome["received"]), str(outcome["sha256"]), float(outcome["elapsed"]))
 
 
 def counter(line: str, name: str) -> int:
@@ -139,16 +154,16 @@ def run_once(label: str, server_args: list[str], seconds: float, keep: Path | No
         alice = lab.add_client("alice")
         client = lab.start_client(alice)
         before = client_rekeys(client)
-        sent, received, match, elapsed = stream_for(alice.ns, lab.server, lab.server_ip, seconds)
-        during = client_rekeys(client) - before  # the sender's hashing afterwards is not counted
+        stream = stream_for(alice.ns, lab.server, lab.server_ip, seconds)
+        during = client_rekeys(client) - before
         client.terminate()
         server.terminate()
         return RunResult(
             label=label,
-            seconds=elapsed,
-            received=received,
-            sent=sent,
-            digests_match=match and sent == received,
+            seconds=stream.seconds,
+            received=stream.received,
+            sent=stream.copies * BLOCK,
+            digests_match=stream.intact(),
             rekeys=during,
             connections=len(re.findall(r"client alice connected", server.log())),
             lost=client.log().count("connection to the server lost"),
