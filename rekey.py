@@ -6,7 +6,7 @@ the client runs a fresh Noise_IKpsk2 handshake (fresh ephemerals, the same stati
 prologue, the same hello with a newer timestamp) every REKEY_AFTER_TIME seconds or
 REKEY_AFTER_BYTES, whichever comes first, and each side sends an authenticated KEEPALIVE after
 KEEPALIVE seconds of send silence. The four frames are sealed with the current session key,
-like DATA (PROTOCOL.md, section 12)::
+like DATA (PROTOCOL.md, section 13)::
 
     client                                               server
       | -- REKEY_INIT (old key): Noise message 1 -------> |  same client key, newer timestamp
@@ -50,12 +50,12 @@ keepalive value that most NATs tolerate)."""
 
 FRAME_CHARGE = 32
 """Bytes each sealed frame counts for on top of its plaintext: 16 for its partial last AES
-block and 16 for the per-message term of the AES-GCM bound (PROTOCOL.md, section 12.5)."""
+block and 16 for the per-message term of the AES-GCM bound (PROTOCOL.md, section 13.5)."""
 REKEY_AFTER_BYTES = 2**36
 """64 GiB of usage (plaintext bytes + FRAME_CHARGE per frame) under one key starts a rekey."""
 REJECT_AFTER_BYTES = 2**38
 """256 GiB of usage under one key ends the session: 2**34 AES blocks and messages together,
-which keeps AES-GCM's confidentiality advantage below 2**-60 (PROTOCOL.md, section 12.5)."""
+which keeps AES-GCM's confidentiality advantage below 2**-60 (PROTOCOL.md, section 13.5)."""
 MAX_TICK = 1.0
 """Longest time between two :meth:`KeySchedule.poll` calls of an idle link."""
 
@@ -151,7 +151,7 @@ class ResponderRole:
 
 
 class KeySchedule:
-    """The keys of one session and when to replace them; the state machine of PROTOCOL.md, section 12.
+    """The keys of one session and when to replace them; the state machine of PROTOCOL.md, section 13.
 
     ``send`` and ``recv`` are the current transport states; the caller seals and opens DATA
     frames with them directly and must re-read them after every call that may switch them

@@ -55,12 +55,16 @@ class StopSignal:
     there would deadlock. Writing a byte to a pipe is safe anywhere.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, handle_signals: bool = True) -> None:
+        """``handle_signals=False`` makes a flag that only threads raise: the daemon's tunnels
+        run in worker threads, where signal handlers cannot be installed (the daemon's main
+        thread handles SIGTERM and raises each tunnel's flag)."""
         self._read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.signal_name = ""
         self._interrupt = False
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+        if handle_signals:
+            signal.signal(signal.SIGINT, self._handle)
+            signal.signal(signal.SIGTERM, self._handle)
 
     @staticmethod
     def on_usr1(callback: Callable[[], None]) -> None:
@@ -101,6 +105,16 @@ class StopSignal:
     def is_set(self) -> bool:
         return self.wait(0)
 
+    def request(self, reason: str) -> None:
+        """Stop as a signal would, from any thread; ``reason`` stands in for the signal's name."""
+        self.signal_name = reason
+        self.set()
+
+    def close(self) -> None:
+        """Release the pipe (a daemon makes one flag per tunnel; ``run`` keeps its one for life)."""
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
     def clear(self) -> None:
         """Lower the flag raised by a thread; a signal, once received, stays raised."""
         with contextlib.suppress(BlockingIOError):
@@ -127,6 +141,8 @@ def add_cleanup_command(sub: argparse._SubParsersAction, role: str, what: str) -
 
 
 def _seconds_up_to(maximum: float) -> Callable[[str], float]:
+    """An argparse type: seconds from MIN_TIMER to ``maximum``."""
+
     def seconds(text: str) -> float:
         try:
             value = float(text)
@@ -139,19 +155,26 @@ def _seconds_up_to(maximum: float) -> Callable[[str], float]:
     return seconds
 
 
-def add_timer_options(p: argparse.ArgumentParser) -> None:
+TIMER_OPTIONS = {"rekey_after": _seconds_up_to(REKEY_AFTER_TIME), "keepalive": _seconds_up_to(KEEPALIVE)}
+"""The timer options and the parser that checks each (also for values ``server.py set`` stored)."""
+
+
+def add_timer_options(p: argparse.ArgumentParser, default: object = None) -> None:
     """``--rekey-after`` and ``--keepalive`` of both programs: they only lower the protocol's timers
     (for tests and demos). The server pushes its values to clients, and a client uses the lower
-    of its own and the server's (rekey.Policy)."""
+    of its own and the server's (rekey.Policy). Not given, they are ``default`` (None: the
+    protocol's values)."""
     p.add_argument(
         "--rekey-after",
-        type=_seconds_up_to(REKEY_AFTER_TIME),
+        type=TIMER_OPTIONS["rekey_after"],
+        default=default,
         metavar="SECONDS",
         help=f"new session keys after this many seconds (default and maximum {REKEY_AFTER_TIME:g})",
     )
     p.add_argument(
         "--keepalive",
-        type=_seconds_up_to(KEEPALIVE),
+        type=TIMER_OPTIONS["keepalive"],
+        default=default,
         metavar="SECONDS",
         help=f"send a keepalive after this much send silence (default and maximum {KEEPALIVE:g})",
     )

@@ -113,6 +113,9 @@ class PeerLink:
         self._out_len = 0
         self.send_lock = threading.Lock()
         self.counters = Counters()
+        self.handshake_at = time.time()
+        """Wall-clock time of this link's last handshake (a link is made right after one) or
+        rekey: the one place ``status`` reads ``last_handshake`` from, on both ends."""
         self.keys = KeySchedule(send, recv, time.monotonic())
         self._refresh()
         self._set_receive_timeout(self.keys.policy.tick)
@@ -276,7 +279,7 @@ class PeerLink:
 
         A frame that is answered or switches the send key is handled under ``send_lock``: the
         switch and the frame announcing it must be atomic against the other thread's packets
-        (PROTOCOL.md, section 12.2). KEEPALIVE and REKEY_CONFIRM change only receive state,
+        (PROTOCOL.md, section 13.2). KEEPALIVE and REKEY_CONFIRM change only receive state,
         which this thread owns, so they take no lock and never wait for a blocked sender.
         """
         counters, keys = self.counters, self.keys
@@ -300,7 +303,9 @@ class PeerLink:
             if frame:
                 self._append_frame(frame)
                 self.flush()
-            counters.rekeys = keys.rekeys
+            if keys.rekeys != counters.rekeys:
+                counters.rekeys = keys.rekeys
+                self.handshake_at = time.time()
 
     def close(self) -> None:
         """Wake both directions (``shutdown``) and release the socket."""

@@ -291,7 +291,7 @@ def test_session_settings_structured_fuzz_raises_only_message_error(fields):
         SessionSettings.decode(json.dumps(fields).encode())
 
 
-# -- the pushed timers (rekey_after, keepalive: PROTOCOL.md, sections 5.2 and 12.4) ----------
+# -- the pushed timers (rekey_after, keepalive: PROTOCOL.md, sections 5.2 and 13.4) ----------
 
 
 def test_session_settings_timers_are_sent_only_when_set():

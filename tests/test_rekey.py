@@ -1,4 +1,4 @@
-"""Tests for rekey.py: the key schedule inside a session (PROTOCOL.md, section 12).
+"""Tests for rekey.py: the key schedule inside a session (PROTOCOL.md, section 13).
 
 The schedule does no I/O, so the tests drive it directly: frames are bytes handed from one
 side's schedule to the other's, and the clock is a number. The rekey handshake is checked
@@ -442,7 +442,7 @@ def test_policy_defaults_and_derived_timers() -> None:
 
 
 def test_byte_limits_keep_aes_gcm_within_the_cfrg_bound() -> None:
-    """PROTOCOL.md, section 12.5: usage / 16 bounds blocks + messages; (that + 1)^2 / 2^129 is
+    """PROTOCOL.md, section 13.5: usage / 16 bounds blocks + messages; (that + 1)^2 / 2^129 is
     the confidentiality advantage of draft-irtf-cfrg-aead-limits for AES-GCM."""
     units = REJECT_AFTER_BYTES // 16
     assert (units + 1) ** 2 / 2**129 < 2**-60
@@ -546,7 +546,7 @@ def test_a_silent_peer_is_dead_after_two_keepalives_and_rekey_timeout() -> None:
         client.poll(11.0)
 
 
-# -- the examples of PROTOCOL.md, section 12.6 ---------------------------------------------------
+# -- the examples of PROTOCOL.md, section 13.6 ---------------------------------------------------
 
 PROTOCOL_MD = Path(__file__).resolve().parents[1] / "PROTOCOL.md"
 
@@ -567,6 +567,6 @@ def test_control_frame_examples(key: bytes, counter: int, frame_type: int, heade
     send.counter = counter
     assert send.seal(b"", frame_type) == header + bytes.fromhex(tag_hex)
     text = PROTOCOL_MD.read_text()
-    section = text[text.index("### 12.6") :]
+    section = text[text.index("### 13.6") :]
     assert f"  {header_hex}  " in section
     assert f"  {tag_hex}  " in section

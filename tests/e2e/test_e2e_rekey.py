@@ -131,15 +131,17 @@ def test_a_failing_pump_thread_ends_only_its_own_session(
 
 def test_a_deleted_tun_ends_the_client_cleanly(make_lab: Callable[..., TunnelLab]) -> None:
     """The TUN is gone, so no later session could carry packets: the client does not reconnect in
-    a loop but exits (status 1) after undoing its changes, with one line saying why."""
+    a loop but undoes its changes and exits with one ``error:`` line saying why (status 2)."""
     lab = make_lab()
     server = lab.start_server()
     alice = lab.add_client("alice")
     client = lab.start_client(alice)
     alice.ns.run("ip", "link", "delete", alice.tun, check=True)
-    assert client.wait(10) == 1
+    assert client.wait(10) == 2
     log = client.log()
-    assert re.search(rf"connection to the server lost: tun-to-socket failed: TunGone: TUN device {alice.tun}", log)
+    lost = re.escape(f"tun-to-socket failed: TunGone: TUN device {alice.tun} was deleted")
+    assert re.search(rf"connection to the server lost: {lost}\n", log)
+    assert re.search(rf"^error: {lost}: cannot go on without a working TUN device$", log, re.MULTILINE)
     assert "reconnect" not in log
     assert "Traceback" not in log
     assert lab.journals(alice.ns) == []
