@@ -186,6 +186,9 @@ class KeySchedule:
         """Completed rekeys: key pairs replaced in this session."""
         self.installed_at = now
         """When the current send key started (the first switch of each rekey, on either side)."""
+        self._rekey_started_at = now
+        """Client: when the last rekey was asked for (or the session began); the next one is due
+        rekey_after_time later, so the interval does not stretch by each handshake's round trip."""
         self._tx_base = tx_bytes
         self._rx_base = rx_bytes
         self._initiator: Initiator | None = None
@@ -252,8 +255,9 @@ class KeySchedule:
         if (
             isinstance(self.role, InitiatorRole)
             and not self.rekeying
-            and (age >= policy.rekey_after_time or usage >= policy.rekey_after_bytes)
+            and (now - self._rekey_started_at >= policy.rekey_after_time or usage >= policy.rekey_after_bytes)
         ):
+            self._rekey_started_at = now
             return Action.REKEY
         if now - self._sent_at >= policy.keepalive:
             self._sent_at = now  # one keepalive per interval, even if the caller sends nothing
