@@ -252,13 +252,13 @@ class KeySchedule:
         )
         if usage >= policy.reject_after_bytes:
             raise SessionExpired(f"session keys used for {usage} bytes: no rekey within {policy.reject_after_bytes}")
-        if (
-            isinstance(self.role, InitiatorRole)
-            and not self.rekeying
-            and (now - self._rekey_started_at >= policy.rekey_after_time or usage >= policy.rekey_after_bytes)
-        ):
-            self._rekey_started_at = now
-            return Action.REKEY
+        if isinstance(self.role, InitiatorRole) and not self.rekeying:
+            if now - self._rekey_started_at >= policy.rekey_after_time or usage >= policy.rekey_after_bytes:
+                self._rekey_started_at = now
+                return Action.REKEY
+            # Poll again exactly when the rekey is due, not up to a tick later, so that rekeys
+            # keep their interval (a busy link is polled right away; an idle one within a tick).
+            self.next_poll = min(self.next_poll, self._rekey_started_at + policy.rekey_after_time)
         if now - self._sent_at >= policy.keepalive:
             self._sent_at = now  # one keepalive per interval, even if the caller sends nothing
             return Action.KEEPALIVE

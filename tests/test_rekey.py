@@ -464,6 +464,8 @@ def test_rekeys_are_due_one_interval_after_the_previous_one_began() -> None:
     """Rekeys keep their rhythm (the handshake's round trip does not stretch the interval);
     key age, for REJECT_AFTER_TIME, counts from the switch."""
     client, server, _ = session_pair(Policy(rekey_after_time=10), Policy(rekey_after_time=10))
+    assert client.poll(9.95) is Action.NONE
+    assert client.keys.next_poll == 10.0  # not 9.95 + the 1 s tick: the rekey would be late
     assert client.poll(10.0) is Action.REKEY
     rekey(client, server, now=10.5)
     assert client.keys.installed_at == server.keys.installed_at == 10.5
