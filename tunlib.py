@@ -141,10 +141,12 @@ class PeerLink:
         the timers of an idle link without a thread of its own and without a second syscall per
         receive, as a Python-level socket timeout would add."""
         whole = int(seconds)
-        with contextlib.suppress(OSError):  # a closed socket: the receiver finds out by itself
-            self.sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVTIMEO, SO_RCVTIMEO_FORMAT.pack(whole, int((seconds - whole) * 1e6))
-            )
+        timeval = SO_RCVTIMEO_FORMAT.pack(whole, int((seconds - whole) * 1e6))
+        # Through the descriptor, so it also reaches the TCP socket under a wrapper (TLS) that
+        # only offers the socket's I/O methods and fileno(); a wrapper's recv_into then passes
+        # the socket's EAGAIN on like a timeout. A closed socket: the receiver finds out itself.
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self.sock.fileno())) as raw:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
 
     def _refresh(self) -> None:
         """Re-read what the schedule may have switched; call with ``send_lock`` held."""
