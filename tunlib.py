@@ -71,7 +71,9 @@ class Counters:
     dropped_tun_write: int = 0
     icmp_replies: int = 0
     keepalives_sent: int = 0
+    """A send counter (under ``send_lock``)."""
     rekeys: int = 0
+    """Completed rekeys; written by the receiving thread alone (rekey.KeySchedule.rekeys)."""
 
     def summary(self) -> str:
         return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name))
