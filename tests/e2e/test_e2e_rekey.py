@@ -5,15 +5,20 @@
 - With ``--keepalive 1`` an idle tunnel stays up on keepalives; when an nftables rule inside the
   client's namespace blackholes the carrier, both ends notice within the dead-peer timeout
   (2 x 1 + 5 s), and the client is back once the rule goes.
+- A client that keeps talking but never rekeys (``lazy_client.py``) is cut by the server once its
+  keys pass REJECT_AFTER_TIME.
 - An exception in a pump thread (injected by ``faults/sitecustomize.py``) ends that session only,
-  logged once: the server drops that client, the client reconnects, other clients carry on.
+  logged once: the server drops that client, the client reconnects, other clients carry on; a
+  TUN deleted under the client ends the client with one error line.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +28,7 @@ from netlab import SERVER_PORT, Namespace, Process, TunnelLab, tcp_stream, wait_
 
 STREAM_BYTES = 200 * 1024 * 1024
 FAULTS = Path(__file__).resolve().parent / "faults"
+LAZY = Path(__file__).resolve().parent / "lazy_client.py"
 MARKER = "7e57fa017e57fa017e57fa017e57fa01"
 """The ping pattern that faults/sitecustomize.py turns into an exception in os.write."""
 
@@ -146,3 +152,18 @@ def test_a_deleted_tun_ends_the_client_cleanly(make_lab: Callable[..., TunnelLab
     assert "Traceback" not in log
     assert lab.journals(alice.ns) == []
     server.wait_for_log(r"client alice disconnected: peer closed the connection")
+
+
+def test_the_server_cuts_a_client_that_does_not_rekey(make_lab: Callable[..., TunnelLab]) -> None:
+    """lazy_client.py keeps talking but never rekeys: with ``--rekey-after 0.5`` the server ends
+    its session once the keys are REJECT_AFTER_TIME old (max(1.5 x 0.5, 0.5 + 5) = 5.5 s), long
+    before the dead-peer timeout could matter, since the client is never silent."""
+    lab = make_lab()
+    server = lab.start_server("--rekey-after", "0.5")
+    lazy = lab.add_client("lazy")
+    result = lazy.ns.run(sys.executable, LAZY, lazy.profile, lazy.endpoint, timeout=90, check=True)
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["ended"] == "peer closed the connection", outcome
+    assert 5.5 <= outcome["seconds"] < 5.5 + 3, outcome
+    assert outcome["replies"] >= 10, outcome  # the session carried traffic until the cut
+    server.wait_for_log(r"client lazy disconnected: session keys are 5\.\d s old: no rekey within 5\.5 s")
