@@ -34,10 +34,22 @@ IPV6_MIN_MTU = 1280
 """IPv6 needs every link to carry 1280-byte packets (RFC 8200 section 5)."""
 MAX_IPV6_PREFIX = 126
 """An IPv6 tunnel prefix must leave room for the server and at least one client."""
+MIN_TIMER, MAX_TIMER = 0.1, 3600.0
+"""Bounds a pushed ``rekey_after`` or ``keepalive`` (seconds) must lie within."""
 
 
 def valid_mtu(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and MIN_MTU <= value <= MAX_MTU
+
+
+def _timer(fields: dict, key: str) -> float | None:
+    """An optional number of seconds in MIN_TIMER..MAX_TIMER (``true`` is not a number here)."""
+    value = fields.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not MIN_TIMER <= value <= MAX_TIMER:
+        raise MessageError(f"session settings: {key} must be a number of seconds in {MIN_TIMER:g}..{MAX_TIMER:g}")
+    return float(value)
 
 
 class MessageError(ValueError):
@@ -114,6 +126,10 @@ class SessionSettings:
     address6: ipaddress.IPv6Interface | None = None
     """The client's IPv6 tunnel address with the tunnel's IPv6 prefix, e.g. fd12:3456:789a::2/64;
     None when the server offers no IPv6 (then the client blocks IPv6 under a full tunnel)."""
+    rekey_after: float | None = None
+    """The server's ``--rekey-after`` seconds, if given (None: the protocol's REKEY_AFTER_TIME)."""
+    keepalive: float | None = None
+    """The server's ``--keepalive`` seconds, if given (None: the protocol's KEEPALIVE)."""
 
     def encode(self) -> bytes:
         fields: dict[str, object] = {
@@ -126,6 +142,10 @@ class SessionSettings:
         }
         if self.address6 is not None:
             fields["address6"] = str(self.address6)
+        # Only when set, so a server with the default timers sends the same bytes as before.
+        for key, value in (("rekey_after", self.rekey_after), ("keepalive", self.keepalive)):
+            if value is not None:
+                fields[key] = int(value) if value == int(value) else value
         return _dump(fields)
 
     @classmethod
@@ -143,6 +163,7 @@ class SessionSettings:
                 address6 = ipaddress.IPv6Interface(_text(address6))
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"bad session settings: {exc!r}") from None
+        rekey_after, keepalive = _timer(fields, "rekey_after"), _timer(fields, "keepalive")
         if not valid_mtu(mtu):
             raise MessageError(f"session settings: mtu must be an integer in {MIN_MTU}..{MAX_MTU}")
         if not isinstance(offload, bool):
@@ -151,4 +172,5 @@ class SessionSettings:
             raise MessageError(f"session settings: address6 prefix must be at most /{MAX_IPV6_PREFIX}")
         if address6 is not None and mtu < IPV6_MIN_MTU:
             raise MessageError(f"session settings: IPv6 needs an mtu of at least {IPV6_MIN_MTU}")
-        return cls(address, server_address, mtu, offload, routes, dns, address6)
+        timers = {"rekey_after": rekey_after, "keepalive": keepalive}
+        return cls(address, server_address, mtu, offload, routes, dns, address6=address6, **timers)
