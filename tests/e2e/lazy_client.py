@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from rogue_client import echo_request
 
-from config import Profile
+from config import Profile, parse_endpoint
 from session import client_handshake, dial
 from tunlib import LinkClosed
 from vnet import PLAIN_VNET_HDR
@@ -29,8 +29,8 @@ LIMIT = 60.0
 
 
 def main() -> None:
-    profile, endpoint = Profile.load(sys.argv[1]), sys.argv[2]
-    settings, link = client_handshake(dial(endpoint), profile)
+    profile, (host, port) = Profile.load(sys.argv[1]), parse_endpoint(sys.argv[2])
+    settings, link = client_handshake(dial([host], port), profile)
     own, server = settings.address.ip.packed, settings.server_address.packed
     prefix = PLAIN_VNET_HDR if settings.offload else b""
     started, replies, ended = time.monotonic(), [0], threading.Event()
