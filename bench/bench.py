@@ -17,8 +17,10 @@ down, also on Ctrl+C, SIGTERM or SIGHUP. Rows, in order:
                an "internet" namespace behind the server, checked with SHA-256.
 
 Per path row: iperf3 single stream up (client -> server) and down (``-R``), 4 streams up
-(``-P 4``), the average RTT of idle pings, and the CPU seconds (user + system, from
-``/proc/PID/stat``) the tunnel processes used during the three throughput tests.
+(``-P 4``), the average RTT of idle pings sent every 0.2 s and every 0.01 s (the interval
+matters: an idle thread takes longer to wake, see README "Speed"), and the CPU seconds
+(user + system, from ``/proc/PID/stat``) the tunnel processes used during the three
+throughput tests. Under the table, the targets of issue 11 with this run's figures.
 
 Figures are printed and saved (``bench/results/latest.{txt,json}``), never asserted: the
 machine is shared and numbers are noisy. Exit status: 0 if every row ran or was skipped for a
@@ -68,7 +70,8 @@ OPENVPN_PORT = 1194
 OPENVPN_SERVER_IP, OPENVPN_CLIENT_IP = "10.98.0.1", "10.98.0.2"
 OPENVPN_CIPHER = "AES-128-GCM"
 BLOB_PORT = 8080
-PING_INTERVAL = 0.05
+PING_INTERVALS = (0.2, 0.01)
+"""Seconds between pings: a slow and a fast pinger, each measured on every path row."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROW_KEYS = ("veth", "offload", "plain", "openvpn", "multi", "gateway")
 ROW_LABELS = {
@@ -99,6 +102,7 @@ class Settings:
     """Length of each iperf3 test, after ``omit`` seconds of discarded warm-up."""
     omit: int
     pings: int
+    """Pings per interval at 0.2 s; the 0.01 s series sends ten times as many."""
     blob_bytes: int
 
     @classmethod
@@ -118,7 +122,8 @@ class Row:
     down: float | None = None
     p4: float | None = None
     """Mbit/s. For ``multi`` the 4-client sum is reported as ``p4`` (4 streams in all)."""
-    rtt_ms: float | None = None
+    rtt_ms: dict[str, float] = field(default_factory=dict)
+    """Average RTT in ms by ping interval (``"0.2"``, ``"0.01"``)."""
     cpu_s: float | None = None
     cpu_s_per_gb: float | None = None
     """CPU seconds of the tunnel processes per GB (1e9 bytes) received during the tests."""
@@ -207,9 +212,9 @@ def run_iperf(ns: netlab.Namespace, address: str, settings: Settings, *extra: st
     raise AssertionError("unreachable")
 
 
-def ping_avg(ns: netlab.Namespace, address: str, count: int) -> float:
-    """Average RTT in ms of ``count`` pings, PING_INTERVAL apart; fails if none came back."""
-    result = ns.ping(address, count=count, interval=PING_INTERVAL, wait=2.0)
+def ping_avg(ns: netlab.Namespace, address: str, count: int, interval: float = PING_INTERVALS[0]) -> float:
+    """Average RTT in ms of ``count`` pings, ``interval`` seconds apart; fails if none came back."""
+    result = ns.ping(address, count=count, interval=interval, wait=2.0)
     match = re.search(r"= [\d.]+/([\d.]+)/", result.output)
     if not result.ok or match is None:
         raise RuntimeError(f"ping {address} from {ns.name} failed: {tail(result.output)}")
@@ -218,12 +223,21 @@ def ping_avg(ns: netlab.Namespace, address: str, count: int) -> float:
     return float(match[1])
 
 
+def ping_series(ns: netlab.Namespace, address: str, settings: Settings) -> dict[str, float]:
+    """Average RTT at each of PING_INTERVALS, the same number of seconds of pinging each."""
+    slowest = PING_INTERVALS[0]
+    return {
+        str(interval): ping_avg(ns, address, max(1, round(settings.pings * slowest / interval)), interval)
+        for interval in PING_INTERVALS
+    }
+
+
 def measure_path(
     row: Row, ns: netlab.Namespace, address: str, settings: Settings, tunnel: list[netlab.Process]
 ) -> None:
     """Idle pings, then up, down and 4-stream iperf3 from ``ns`` to ``address``, into ``row``."""
     pids = [p.pid for p in tunnel]
-    row.rtt_ms = ping_avg(ns, address, settings.pings)
+    row.rtt_ms = ping_series(ns, address, settings)
     cpu, received = 0.0, 0
     tests = {"up": (), "down": ("-R",), "p4": ("-P", "4")}
     for metric, extra in tests.items():
@@ -412,7 +426,7 @@ class Bench:
                 route = alice.ns.run("ip", "-4", "route", "get", web_ip, check=True).stdout
                 if f"dev {alice.tun} " not in route:
                     raise RuntimeError(f"the route to {web_ip} does not use the tunnel: {route.strip()}")
-                row.rtt_ms = ping_avg(alice.ns, web_ip, settings.pings)
+                row.rtt_ms = ping_series(alice.ns, web_ip, settings)
                 pids = [p.pid for p in tunnel]
                 log.info("  gateway: downloading %d MiB through the tunnel", size // BLOCK_SIZE)
                 before = cpu_seconds(pids)
@@ -517,15 +531,81 @@ def ratio_cell(values: dict[str, float | None]) -> str:
     return "/".join(fmt(values[m], ".2f" if (values[m] or 0) < 10 else ".1f") for m in METRICS)
 
 
+def added_rtt(row: Row, veth: Row | None, interval: str) -> float | None:
+    """RTT added by the tunnel at one ping interval: the row's average minus raw veth's."""
+    if veth is None or interval not in row.rtt_ms or interval not in veth.rtt_ms:
+        return None
+    return row.rtt_ms[interval] - veth.rtt_ms[interval]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of issue 11: a figure of this run against a bound computed from this run."""
+
+    name: str
+    value: float | None
+    bound: float | None
+    unit: str
+    at_most: bool = False
+    """The figure must be <= the bound (latency) instead of >= it (throughput)."""
+
+    def verdict(self) -> str:
+        if self.value is None or self.bound is None:
+            return "not measured"
+        met = self.value <= self.bound if self.at_most else self.value >= self.bound
+        return "met" if met else "MISSED"
+
+
+def targets(rows: list[Row]) -> list[Target]:
+    """The issue 11 targets, each as ratio or bound within this one run (never loosened)."""
+    ok = {row.key: row for row in rows if row.status == "ok"}
+    veth, offload, plain, multi, openvpn = (ok.get(k) for k in ("veth", "offload", "plain", "multi", "openvpn"))
+
+    def scaled(row: Row | None, metric: str, factor: float) -> float | None:
+        value = getattr(row, metric, None) if row is not None else None
+        return None if value is None else value * factor
+
+    def value(row: Row | None, metric: str) -> float | None:
+        return getattr(row, metric, None) if row is not None else None
+
+    veth_best = max((v for v in (value(veth, "up"), value(veth, "p4")) if v is not None), default=None)
+    found = [
+        Target("offload single stream up >= 0.5 x raw veth up", value(offload, "up"), scaled(veth, "up", 0.5),
+               "Mbit/s"),
+        Target("offload single stream down >= 0.5 x raw veth down", value(offload, "down"),
+               scaled(veth, "down", 0.5), "Mbit/s"),
+        Target("plain MTU 1400 up >= 1500 Mbit/s", value(plain, "up"), 1500.0 if plain else None, "Mbit/s"),
+        Target("plain MTU 1400 down >= 1500 Mbit/s", value(plain, "down"), 1500.0 if plain else None, "Mbit/s"),
+        Target("4 clients sum >= 0.4 x raw veth (best of up, 4 streams)", value(multi, "p4"),
+               None if veth_best is None else 0.4 * veth_best, "Mbit/s"),
+    ]  # fmt: skip
+    for interval in (str(i) for i in PING_INTERVALS):
+        for row in (offload, plain):
+            if row is not None:
+                found.append(
+                    Target(
+                        f"{row.key} added RTT at {interval} s <= OpenVPN-TCP's",
+                        added_rtt(row, veth, interval),
+                        added_rtt(openvpn, veth, interval) if openvpn is not None else None,
+                        "ms",
+                        at_most=True,
+                    )
+                )
+    return found
+
+
 def render(rows: list[Row], settings: Settings, table_ratios: dict) -> str:
     veth = next((r for r in rows if r.key == "veth" and r.status == "ok"), None)
+    intervals = [str(i) for i in PING_INTERVALS]
+    rtt_heads = "".join(f" {'RTT@' + i:>8} {'+RTT@' + i:>9}" for i in intervals)
     header = (
         f"{'row':34} {'up':>8} {'down':>8} {'4 str':>8}  {'vs veth up/dn/4':>16} {'vs OpenVPN up/dn/4':>19}"
-        f" {'RTT ms':>7} {'+RTT ms':>8} {'CPU s':>6} {'CPU s/GB':>8}"
+        f"{rtt_heads} {'CPU s':>6} {'CPU s/GB':>8}"
     )
     lines = [
         f"tunlib benchmark, {settings.mode} mode: {settings.seconds} s per iperf3 test"
-        f" (+{settings.omit} s omitted), {settings.pings} pings at {PING_INTERVAL} s; Mbit/s",
+        f" (+{settings.omit} s omitted); pings every {' s and every '.join(intervals)} s"
+        f" ({settings.pings * PING_INTERVALS[0]:.0f} s of each); Mbit/s, RTT in ms",
         header,
         "-" * len(header),
     ]
@@ -533,13 +613,14 @@ def render(rows: list[Row], settings: Settings, table_ratios: dict) -> str:
         if row.status != "ok":
             lines.append(f"{row.label:34} {row.status}: {row.note}")
             continue
-        added = row.rtt_ms - veth.rtt_ms if row.rtt_ms is not None and veth and veth.rtt_ms is not None else None
         r = table_ratios[row.key]
+        rtt_cells = "".join(
+            f" {fmt(row.rtt_ms.get(i), '.3f'):>8} {fmt(added_rtt(row, veth, i), '+.3f'):>9}" for i in intervals
+        )
         lines.append(
             f"{row.label:34} {fmt(row.up, ',.0f'):>8} {fmt(row.down, ',.0f'):>8} {fmt(row.p4, ',.0f'):>8}"
             f"  {ratio_cell(r['veth']):>16} {ratio_cell(r['openvpn']):>19}"
-            f" {fmt(row.rtt_ms, '.3f'):>7} {fmt(added, '+.3f'):>8} {fmt(row.cpu_s, '.1f'):>6}"
-            f" {fmt(row.cpu_s_per_gb, '.2f'):>8}"
+            f"{rtt_cells} {fmt(row.cpu_s, '.1f'):>6} {fmt(row.cpu_s_per_gb, '.2f'):>8}"
         )
     lines.append("")
     lines += [f"  {row.key}: {row.note}" for row in rows if row.status == "ok" and row.note]
@@ -547,6 +628,13 @@ def render(rows: list[Row], settings: Settings, table_ratios: dict) -> str:
         "  'multi' puts its 4-client sum under '4 str'; 'gateway' puts its download under 'down'."
         " CPU = user+sys of the tunnel processes during the throughput tests."
     )
+    lines += ["", "targets (issue 11; figures and bounds from this run):"]
+    for target in targets(rows):
+        unit = target.unit
+        lines.append(
+            f"  {target.verdict():>12}  {target.name}: {fmt(target.value, ',.3f' if unit == 'ms' else ',.0f')}"
+            f" {'<=' if target.at_most else '>='} {fmt(target.bound, ',.3f' if unit == 'ms' else ',.0f')} {unit}"
+        )
     return "\n".join(lines)
 
 
@@ -678,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": {**env, "loadavg_after": os.getloadavg()},
         "units": {"up/down/p4": "Mbit/s (iperf3 receiver)", "rtt_ms": "ms avg", "cpu_s": "s user+sys"},
         "rows": [{**asdict(row), "ratios": table_ratios[row.key]} for row in rows],
+        "targets": [{**asdict(t), "verdict": t.verdict()} for t in targets(rows)],
     }
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     log.info("results: %s (and .txt)", args.json)
