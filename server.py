@@ -6,7 +6,7 @@
     server.py list-clients --state-dir DIR
     server.py remove-client NAME --state-dir DIR
     server.py run --state-dir DIR [--listen HOST:PORT] [--tun tun0] [--icmp-reply] [--no-offload]
-                  [--nat [--egress IFACE]] [--dns IP] [-v]
+                  [--isolate-clients] [--nat [--egress IFACE]] [--dns IP] [-v]
     server.py cleanup           # undo NAT rules and sysctls left by a crashed run
 
 Threads while running: one accepts connections; one reads the TUN and routes each packet to
@@ -64,13 +64,14 @@ class Server:
         tun: TunDevice,
         icmp_reply: bool,
         dns: tuple[ipaddress.IPv4Address, ...],
+        isolate_clients: bool = False,
     ) -> None:
         self.state = state
         self.dns = dns
         self.settings = settings
         self.listener = listener
         self.tun = tun
-        self.router = ServerRouter(tun, settings.server_interface.ip.packed, icmp_reply)
+        self.router = ServerRouter(tun, settings.server_interface.ip.packed, icmp_reply, isolate_clients)
         self.waker = Waker()
         self.stopping = threading.Event()
         self.pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
@@ -300,16 +301,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             tun=tun,
             icmp_reply=args.icmp_reply,
             dns=tuple(args.dns),
+            isolate_clients=args.isolate_clients,
         )
         stop.on_usr1(server.log_stats)
         server.start()
         log.info(
-            "serving on %s, %s %s in %s mode%s",
+            "serving on %s, %s %s in %s mode%s%s",
             args.listen or settings.listen,
             tun.name,
             settings.server_interface,
             "offload" if tun.offload else "plain",
             ", answering pings in user space" if args.icmp_reply else "",
+            ", clients isolated from each other" if args.isolate_clients else "",
         )
         stop.wait()
         log.info("%s received, shutting down", stop.signal_name)
@@ -365,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--icmp-reply", action="store_true", help="answer pings to the server's tunnel address in user space"
     )
     p.add_argument("--no-offload", action="store_true", help="plain mode: one packet per frame, no TUN offloads")
+    p.add_argument(
+        "--isolate-clients",
+        action="store_true",
+        help="drop (and count as dropped_isolated) packets from one client to another; default: they reach each other",
+    )
     p.add_argument("--nat", action="store_true", help="be the clients' internet gateway: forward and masquerade")
     p.add_argument("--egress", metavar="IFACE", help="interface for --nat (default: that of the default route)")
     p.add_argument("--dns", type=ipv4, action="append", default=[], metavar="IP", help="DNS server pushed to clients")

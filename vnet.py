@@ -31,7 +31,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-Buffer = bytes | bytearray | memoryview
+from packets import IPV4_MIN_HEADER_LEN, Buffer
 
 VIRTIO_NET_HDR_LEN = 10
 
@@ -59,7 +59,6 @@ IPPROTO_HOPOPTS = 0
 IPPROTO_ROUTING = 43
 IPPROTO_DSTOPTS = 60
 
-_IPV4_MIN_HEADER_LEN = 20
 _IPV6_HEADER_LEN = 40
 _TCP_MIN_HEADER_LEN = 20
 _UDP_HEADER_LEN = 8
@@ -135,7 +134,7 @@ def _transport(frame: Buffer, version: int, packet_len: int) -> tuple[int, int] 
     ip = VIRTIO_NET_HDR_LEN
     if version == 4:
         header_len = (frame[ip] & 0x0F) * 4
-        if header_len < _IPV4_MIN_HEADER_LEN or header_len > packet_len:
+        if header_len < IPV4_MIN_HEADER_LEN or header_len > packet_len:
             return "bad IPv4 header length"
         return frame[ip + 9], header_len
     if packet_len < _IPV6_HEADER_LEN:
@@ -214,7 +213,7 @@ def vnet_problem(frame: Buffer) -> str | None:
         return "checksum field outside packet"
     if hdr_len > packet_len:
         return "hdr_len exceeds packet"
-    if version == 4 and packet_len < _IPV4_MIN_HEADER_LEN:
+    if version == 4 and packet_len < IPV4_MIN_HEADER_LEN:
         return "packet shorter than an IPv4 header"
 
     gso = gso_type & ~VIRTIO_NET_HDR_GSO_ECN
