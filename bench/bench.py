@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """tunlib benchmark: raw veth vs tunlib (offload, plain) vs OpenVPN TCP, on one veth link.
 
-    sudo bash bench/run.sh [--quick]            (the usual way; see bench/README.md)
-    sudo python3 bench/bench.py [--quick] [--duration S] [--rows ROW,...] [--json PATH] [-v]
+    sudo bash bench/run.sh [--quick]            (the usual way, from any directory; see bench/README.md)
+    sudo python3 -m bench.bench [--quick] [--duration S] [--rows ROW,...] [--json PATH] [-v]   (from the repository)
 
-One run builds a namespace lab (``tests/netlab.py``, names ``tlx<pid><n>-*``), measures every
+One run builds a namespace lab (``netlab.py``, names ``tlx<pid><n>-*``), measures every
 row over the *same* veth pair between the "server" and "alice" namespaces, and tears it all
 down, also on Ctrl+C, SIGTERM or SIGHUP. Rows, in order:
 
@@ -51,12 +51,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+import netlab
+from bench.blobserver import BLOCK_SIZE, blob_sha256
+
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR.parent))  # the repo root, for tests/netlab.py
-
-from blobserver import BLOCK_SIZE, blob_sha256  # noqa: E402 (bench/ is sys.path[0] when run as a script)
-
-from tests import netlab  # noqa: E402
 
 log = logging.getLogger("bench")
 

@@ -11,14 +11,10 @@ import ipaddress
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway import ipv6_block_ruleset, killswitch_ruleset, nft_name, resolv_conf_text
 from nat import nat_ruleset

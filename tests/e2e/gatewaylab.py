@@ -1,4 +1,4 @@
-"""A three-namespace lab for tunlib's internet-gateway mode, built on ``tests/netlab.py``.
+"""A three-namespace lab for tunlib's internet-gateway mode, built on ``netlab.py``.
 
 ::
 
@@ -42,8 +42,6 @@ import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for netlab
 
 import netlab
 from netlab import NETNS_RUN, Namespace, Peer, Process, TunnelLab
