@@ -24,7 +24,11 @@ import socket
 import threading
 import time
 
-import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
+import interpreter
+
+if __name__ == "__main__":
+    interpreter.use_project_venv()  # first: re-runs us under .venv if this Python lacks the requirements
+
 from config import Profile, parse_endpoint
 from errors import UserError
 from gateway import ClientGateway

@@ -27,7 +27,11 @@ import threading
 import time
 from collections.abc import Callable
 
-import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
+import interpreter
+
+if __name__ == "__main__":
+    interpreter.use_project_venv()  # first: re-runs us under .venv if this Python lacks the requirements
+
 from config import ClientRecord, ServerSettings, ServerState, encode_key, parse_endpoint
 from errors import UserError
 from journal import Journal, journal_path

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from netlab import SERVER_PORT, Namespace, Peer, TunnelLab, assert_user_error, send_and_read, wait_until
 
 FRAME_HEADER = struct.Struct("!IB")
