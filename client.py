@@ -29,7 +29,7 @@ import interpreter
 if __name__ == "__main__":
     interpreter.use_project_venv()  # first: re-runs us under .venv if this Python lacks the requirements
 
-from config import Profile, parse_endpoint
+from config import Profile, format_endpoint, parse_endpoint
 from errors import UserError
 from gateway import ClientGateway
 from journal import Journal, journal_path
@@ -56,7 +56,7 @@ class Tunnel:
     def __init__(self, args: argparse.Namespace, profile: Profile, server_ip: str, port: int) -> None:
         self.args = args
         self.profile = profile
-        self.endpoint = f"{server_ip}:{port}"
+        self.endpoint = format_endpoint(server_ip, port)
         self.server_ip = server_ip
         self.port = port
         self.stop = StopSignal()
