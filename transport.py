@@ -59,12 +59,6 @@ class SendState:
         self._encrypt_into(NONCE.pack(counter), plaintext, header, out[HEADER_LEN:end])
         return end
 
-    def seal(self, plaintext: bytes | memoryview) -> bytes:
-        """Return one sealed DATA frame as new bytes (the convenient, slower form)."""
-        out = bytearray(HEADER_LEN + len(plaintext) + AEAD_TAG_LEN)
-        self.seal_into(plaintext, memoryview(out))
-        return bytes(out)
-
 
 class ReceiveState:
     """Opens DATA frames in one direction, accepting only the exact next counter."""

@@ -7,10 +7,11 @@ from collections import Counter as Tally
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wiretools import VirtioNetHdr
 
 from core import TUN_SOURCE, Action, Counters, FairQueue, ServerCore, client_verdict, icmp_reply
 from packets import internet_checksum
-from vnet import PLAIN_VNET_HDR, VirtioNetHdr
+from vnet import PLAIN_VNET_HDR
 
 SERVER = bytes([10, 0, 0, 1])
 ALICE = bytes([10, 0, 0, 2])
@@ -242,3 +243,15 @@ def test_every_backlogged_source_gets_an_equal_byte_share(sources: int, quantum:
             sent[packet[:4]] += len(packet)
     spread = max(sent.values()) - min(sent.values())
     assert spread <= quantum + 2 * 100 * sources
+
+
+def test_ihl_below_five_and_a_total_length_past_the_plaintext_are_malformed() -> None:
+    good = ipv4(ALICE, OUTSIDE)
+    short_ihl = bytes([0x44]) + good[1:]
+    too_long = good[:2] + (len(good) + 1).to_bytes(2, "big") + good[4:]
+    trailing = good + b"pad"  # bytes after the IP packet: the kernel trims them, so they pass
+    for bad in (short_ihl, too_long):
+        counters = Counters()
+        assert make_core().from_client(ALICE, bad, counters)[0] == Action.DROP
+        assert counters.dropped_malformed == 1
+    assert make_core().from_client(ALICE, trailing, Counters())[0] == Action.TUN

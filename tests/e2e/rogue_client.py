@@ -24,8 +24,9 @@ import sys
 from config import Profile
 from packets import internet_checksum
 from session import client_handshake, dial
+from tests.wiretools import VirtioNetHdr
 from tunlib import LinkClosed
-from vnet import PLAIN_VNET_HDR, VIRTIO_NET_HDR_GSO_TCPV4, VirtioNetHdr
+from vnet import PLAIN_VNET_HDR, VIRTIO_NET_HDR_GSO_TCPV4
 
 ECHO_ID = 0x7E57
 
