@@ -69,10 +69,18 @@ def check_plaintext(packet: Buffer, vnet_hdr_len: int, counters: Counters) -> bo
     """Whether a plaintext from the peer may go on: an IPv4 packet behind a virtio-net header
     the kernel will take (offload mode). Anything else is dropped and counted, never fatal.
 
-    The header check comes first for a reason: the address checks that follow read fixed
-    offsets, which mean something only once the packet is known to be IPv4 and long enough.
+    Malformed (PROTOCOL.md 7.3): shorter than an IPv4 header, not version 4, a header length
+    (IHL) under 5 words, or a total length past the end of the plaintext. These cost a few
+    byte reads; the header checksum and fragments are left to the kernel, which counts them.
+    The whole plaintext is checked before the caller looks at its addresses.
     """
-    if len(packet) < vnet_hdr_len + IPV4_MIN_HEADER_LEN or packet[vnet_hdr_len] >> 4 != 4:
+    ip = vnet_hdr_len
+    if (
+        len(packet) < ip + IPV4_MIN_HEADER_LEN
+        or packet[ip] >> 4 != 4
+        or packet[ip] & 0x0F < 5
+        or (packet[ip + 2] << 8 | packet[ip + 3]) > len(packet) - ip
+    ):
         counters.dropped_malformed += 1
         return False
     if vnet_hdr_len and vnet_problem(packet) is not None:

@@ -301,7 +301,7 @@ KERNEL_HEADER = Path("/usr/include/linux/virtio_net.h")
 @pytest.mark.skipif(not KERNEL_HEADER.exists(), reason="no kernel UAPI headers (apt-get install linux-libc-dev)")
 def test_constants_are_the_kernel_headers_values() -> None:
     """The kernel's own <linux/virtio_net.h> is the oracle, not a literal copied next to ours."""
-    defines = dict(re.findall(r"#define\s+(VIRTIO_NET_HDR_\w+)\s+(\d+|0x[0-9a-fA-F]+)", KERNEL_HEADER.read_text()))
+    defines = dict(re.findall(r"#define\s+(VIRTIO_NET_HDR_\w+)\s+(0x[0-9a-fA-F]+|\d+)", KERNEL_HEADER.read_text()))
     ours = {
         "VIRTIO_NET_HDR_F_NEEDS_CSUM": NEEDS_CSUM,
         "VIRTIO_NET_HDR_F_DATA_VALID": VIRTIO_NET_HDR_F_DATA_VALID,
