@@ -13,6 +13,9 @@ down, also on Ctrl+C, SIGTERM or SIGHUP. Rows, in order:
 * ``plain``    tunlib, ``server.py run --no-offload`` (one packet per frame, MTU 1400).
 * ``openvpn``  OpenVPN 2.x, TCP, TLS mode with certificates made for this run, AES-128-GCM, no DCO.
 * ``multi``    4 tunlib clients (own namespace and veth each) sending to the server at once.
+* ``flood``    fair sharing: alice's iperf3 down and up and the server's pings to her, alone,
+               while bob floods alice's tunnel address, and while bob floods the server's
+               (``bench/flood.py``, UDP as fast as one core sends).
 * ``gateway``  ``server.py run --nat`` + ``client.py run --full-tunnel``: an HTTP download from
                an "internet" namespace behind the server, checked with SHA-256.
 
@@ -71,13 +74,14 @@ BLOB_PORT = 8080
 PING_INTERVALS = (0.2, 0.01)
 """Seconds between pings: a slow and a fast pinger, each measured on every path row."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-ROW_KEYS = ("veth", "offload", "plain", "openvpn", "multi", "gateway")
+ROW_KEYS = ("veth", "offload", "plain", "openvpn", "multi", "flood", "gateway")
 ROW_LABELS = {
     "veth": "raw veth (no tunnel)",
     "offload": "tunlib offload (default)",
     "plain": "tunlib plain (--no-offload)",
     "openvpn": "OpenVPN TCP AES-128-GCM",
     "multi": "tunlib 4 clients, offload (sum)",
+    "flood": "tunlib victim under a flood (alone)",
     "gateway": "tunlib gateway --nat (HTTP)",
 }
 METRICS = ("up", "down", "p4")
@@ -270,10 +274,12 @@ class Bench:
         self.alice = lab.add_client("alice")  # link 0: server 192.0.2.1 <-> alice 192.0.2.2
         if "multi" in keys:
             self.others = [lab.add_client(name) for name in MULTI_CLIENTS[1:]]
+        elif "flood" in keys:
+            self.others = [lab.add_client(MULTI_CLIENTS[1])]
         if "gateway" in keys:
             internet = lab.add_namespace("inet")
             self.internet = (internet, lab.connect(lab.server, internet))
-        for i in range(len(MULTI_CLIENTS) if self.others else 1):
+        for i in range(1 + len(self.others)):
             port = IPERF_PORT + i
             server = lab.server.spawn(f"iperf3-s-{port}", "iperf3", "-s", "-p", port, "--forceflush")
             server.wait_for_log(r"Server listening")
@@ -401,6 +407,44 @@ class Bench:
         row.details["per_client_mbit_s"] = {p.name: r["mbit_s"] for p, r in zip(peers, results, strict=True)}
         row.details["clients"] = results
         row.note = "4 client namespaces, own veth each; 1 stream up per client; CPU = server + 4 clients"
+
+    def row_flood(self, row: Row) -> None:
+        """The victim's share while another client floods it, then the server's address."""
+        assert self.alice is not None and self.others
+        alice, bob, lab, settings = self.alice, self.others[0], self.lab, self.settings
+        server_ip = lab.server_ip
+        flood_seconds = 2 * (settings.seconds + settings.omit + 4 * IPERF_PAUSE) + 15
+        cases = {"alone": None, "at_victim": alice.tunnel_ip, "at_server": server_ip}
+        with self.tunlib([alice, bob]) as tunnel:
+            for case, target in cases.items():
+                with self.processes():
+                    if target is not None:
+                        flood = bob.ns.spawn(
+                            f"flood-{case}", sys.executable, BENCH_DIR / "flood.py",
+                            "--target", target, "--seconds", flood_seconds,
+                        )  # fmt: skip
+                        flood.wait_for_log("flooding")
+                    log.info("  flood: %s, alice iperf3 down and up", case)
+                    down = run_iperf(alice.ns, server_ip, settings, "-R")["mbit_s"]
+                    up = run_iperf(alice.ns, server_ip, settings)["mbit_s"]
+                    pings = lab.server.ping(alice.tunnel_ip, count=100, interval=0.02, wait=2.0)
+                    check_alive(tunnel)
+                row.details[case] = {
+                    "down": down,
+                    "up": up,
+                    "ping_loss": 1 - pings.received / max(1, pings.transmitted),
+                }
+        alone = row.details["alone"]
+        row.down, row.up = alone["down"], alone["up"]
+        for case in ("at_victim", "at_server"):
+            got = row.details[case]
+            got["down_share"], got["up_share"] = got["down"] / alone["down"], got["up"] / alone["up"]
+        row.note = "victim alice; flooder bob (UDP, bench/flood.py); " + "; ".join(
+            f"flood {case.replace('_', ' ')}: down {row.details[case]['down']:,.0f} "
+            f"({row.details[case]['down_share']:.0%}), up {row.details[case]['up']:,.0f} "
+            f"({row.details[case]['up_share']:.0%}), ping loss {row.details[case]['ping_loss']:.0%}"
+            for case in ("at_victim", "at_server")
+        )
 
     def row_gateway(self, row: Row) -> None:
         for tool in ("curl", "nft"):
@@ -577,6 +621,15 @@ def targets(rows: list[Row]) -> list[Target]:
         Target("4 clients sum >= 0.4 x raw veth (best of up, 4 streams)", value(multi, "p4"),
                None if veth_best is None else 0.4 * veth_best, "Mbit/s"),
     ]  # fmt: skip
+    flood = ok.get("flood")
+    for case in ("at_victim", "at_server"):
+        got = flood.details.get(case, {}) if flood is not None else {}
+        where = case.replace("_", " ")
+        for metric in ("down", "up"):
+            name = f"victim keeps >= 40% of its {metric} with a flood {where} (issue 7)"
+            found.append(Target(name, got.get(f"{metric}_share"), 0.4 if got else None, "share"))
+        name = f"victim ping loss <= 2% with a flood {where} (issue 7)"
+        found.append(Target(name, got.get("ping_loss"), 0.02 if got else None, "share", at_most=True))
     for interval in (str(i) for i in PING_INTERVALS):
         for row in (offload, plain):
             if row is not None:
@@ -629,9 +682,10 @@ def render(rows: list[Row], settings: Settings, table_ratios: dict) -> str:
     lines += ["", "targets (issue 11; figures and bounds from this run):"]
     for target in targets(rows):
         unit = target.unit
+        spec = {"ms": ",.3f", "share": ".0%"}.get(unit, ",.0f")
         lines.append(
-            f"  {target.verdict():>12}  {target.name}: {fmt(target.value, ',.3f' if unit == 'ms' else ',.0f')}"
-            f" {'<=' if target.at_most else '>='} {fmt(target.bound, ',.3f' if unit == 'ms' else ',.0f')} {unit}"
+            f"  {target.verdict():>12}  {target.name}: {fmt(target.value, spec)}"
+            f" {'<=' if target.at_most else '>='} {fmt(target.bound, spec)}{'' if unit == 'share' else ' ' + unit}"
         )
     return "\n".join(lines)
 
