@@ -188,9 +188,12 @@ class FairQueue:
     """What waits for one client's carrier: bounded, and shared fairly among its sources.
 
     Every source (the TUN, each other client) has its own FIFO sub-queue. Deficit round robin
-    (Shreedhar and Varghese, 1995) serves them: each turn a backlogged source may send up to
-    ``quantum`` more bytes than it has, so every busy source gets the same share of bytes
-    whatever its packet sizes, and a lone source gets everything.
+    (Shreedhar and Varghese, 1995) serves them: each turn a backlogged source may spend up to
+    ``quantum`` more than it has, so every busy source gets the same share of the sender's
+    work whatever its packet sizes, and a lone source gets everything. A packet costs its
+    length plus ``packet_cost``: sealing and sending has a fixed cost per packet, so a flood of
+    small packets must not buy with its bytes many times the sender's time that the same bytes
+    cost in 64 KB super-packets.
 
     Two bounds hold for the whole queue: ``max_packets`` (so small inner ACKs are not starved
     of slots) and ``max_bytes`` (so 64 KB super-packets cannot pile up megabytes of latency).
@@ -202,10 +205,11 @@ class FairQueue:
     Not thread-safe: :class:`tunlib.PacketQueue` adds the lock and the wake-up.
     """
 
-    def __init__(self, max_packets: int, max_bytes: int, quantum: int) -> None:
+    def __init__(self, max_packets: int, max_bytes: int, quantum: int, packet_cost: int = 0) -> None:
         self.max_packets = max_packets
         self.max_bytes = max_bytes
         self.quantum = quantum
+        self.packet_cost = packet_cost
         self.packets = 0
         self.bytes = 0
         self.dropped = 0
@@ -259,12 +263,13 @@ class FairQueue:
             queue = queues[source]
             credit = deficit[source] + (self.quantum if self._new_turn else 0)
             self._new_turn = True
-            while queue and len(queue[0]) <= credit:
+            cost = self.packet_cost
+            while queue and len(queue[0]) + cost <= credit:
                 if len(batch) == max_packets:
                     deficit[source], self._new_turn = credit, False  # resume this turn next time
                     return batch
                 packet = queue.popleft()
-                credit -= len(packet)
+                credit -= len(packet) + cost
                 bytes_of[source] -= len(packet)
                 self.packets -= 1
                 self.bytes -= len(packet)

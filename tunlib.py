@@ -49,8 +49,11 @@ SEND_BUFFER_SIZE = 1 << 19
 SEND_QUEUE_PACKETS = 256
 SEND_QUEUE_BYTES = 2 << 20
 """The two bounds of each client's queue on the server (see :class:`core.FairQueue`)."""
-FAIR_QUANTUM = MAX_PACKET_LEN
-"""Bytes a source may send per deficit-round-robin turn: one packet of any size, at least."""
+FAIR_PACKET_COST = 16 << 10
+"""What the fair queue charges per packet on top of its length: sealing and sending one packet
+costs about as much as copying 16 KB more, so fairness is in the sender's time, not in bytes."""
+FAIR_QUANTUM = MAX_PACKET_LEN + FAIR_PACKET_COST
+"""What a source may spend per deficit-round-robin turn: one packet of any size, at least."""
 TUN_BATCH_BYTES = 256 << 10
 """The server's TUN reader hands on what it read once this much waits, even if the TUN has more."""
 
@@ -285,7 +288,7 @@ class PacketQueue:
     """
 
     def __init__(self, max_packets: int = SEND_QUEUE_PACKETS, max_bytes: int = SEND_QUEUE_BYTES) -> None:
-        self._fair = FairQueue(max_packets, max_bytes, FAIR_QUANTUM)
+        self._fair = FairQueue(max_packets, max_bytes, FAIR_QUANTUM, FAIR_PACKET_COST)
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._closed = False
@@ -296,6 +299,12 @@ class PacketQueue:
     @property
     def dropped(self) -> int:
         return self._fair.dropped
+
+    @property
+    def dropped_by_source(self) -> dict[bytes, int]:
+        """Drops so far, by source (a copy)."""
+        with self._lock:
+            return dict(self._fair.dropped_by_source)
 
     def put(self, source: bytes, packet: bytes) -> bool:
         """Queue ``packet`` from ``source``; False if it (or nothing) was dropped for room: counted."""
@@ -404,8 +413,12 @@ class ClientSession:
         self.queue = PacketQueue()
 
     def stats(self) -> str:
-        drops = f" dropped_queue_full={self.queue.dropped}" if self.queue.dropped else ""
-        return self.link.counters.summary() + drops
+        drops = self.queue.dropped_by_source
+        total = sum(drops.values())
+        text = f" dropped_queue_full={total}" if total else ""
+        if drops.get(TUN_SOURCE):  # the server's own packets lost their share: worth knowing apart
+            text += f" dropped_queue_full_from_tun={drops[TUN_SOURCE]}"
+        return self.link.counters.summary() + text
 
     def close(self) -> None:
         self.queue.close()

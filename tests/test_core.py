@@ -230,19 +230,33 @@ def test_bounds_hold_nothing_is_invented_and_each_source_stays_in_order(
     assert total_out + queue.dropped == sum(len(p) for p in pushed.values())
 
 
-@given(st.integers(2, 6), st.integers(1, 3000))
-def test_every_backlogged_source_gets_an_equal_byte_share(sources: int, quantum: int) -> None:
-    queue = FairQueue(max_packets=10**5, max_bytes=10**9, quantum=quantum)
+@given(st.integers(2, 6), st.integers(1, 3000), st.sampled_from([0, 500, 16_384]))
+def test_every_backlogged_source_gets_an_equal_share_of_cost(sources: int, quantum: int, packet_cost: int) -> None:
+    """Cost = length + packet_cost: equal shares of bytes when packets are free, of packets
+    (the sender's time) when the fixed cost per packet dominates."""
+    queue = FairQueue(max_packets=10**5, max_bytes=10**9, quantum=quantum, packet_cost=packet_cost)
     names = [bytes([10, 0, 1, n]) for n in range(sources)]
     for i, name in enumerate(names):
         for _ in range(300):
             queue.push(name, name + bytes(100 * (i + 1)))  # different packet sizes per source
-    sent = Tally(dict.fromkeys(names, 0))
-    while min(sent.values()) < 20_000:
-        for packet in queue.pop_batch(5):
-            sent[packet[:4]] += len(packet)
-    spread = max(sent.values()) - min(sent.values())
-    assert spread <= quantum + 2 * 100 * sources
+    spent = Tally(dict.fromkeys(names, 0))
+    while min(spent.values()) < 5 * (quantum + packet_cost):  # every source still backlogged here
+        batch = queue.pop_batch(5)
+        assert batch, "a source ran dry before the others caught up"
+        for packet in batch:
+            spent[packet[:4]] += len(packet) + packet_cost
+    spread = max(spent.values()) - min(spent.values())
+    assert spread <= quantum + 2 * (100 * sources + 4 + packet_cost)
+
+
+def test_a_flood_of_small_packets_buys_no_more_sender_time_than_big_packets() -> None:
+    queue = FairQueue(max_packets=10**4, max_bytes=10**8, quantum=65_536 + 16_384, packet_cost=16_384)
+    for _ in range(200):
+        queue.push(ALICE, bytes(100))  # small flood packets
+        queue.push(TUN_SOURCE, bytes(65_536))  # super-packets
+    out = queue.pop_batch(60)
+    small, big = sum(len(p) == 100 for p in out), sum(len(p) == 65_536 for p in out)
+    assert 4 * big <= small <= 6 * big  # about (64 KB + 16 KB) / (100 B + 16 KB) = 5 small per big
 
 
 def test_ihl_below_five_and_a_total_length_past_the_plaintext_are_malformed() -> None:
