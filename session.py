@@ -103,12 +103,14 @@ def read_handshake_frame(sock: socket.socket, decoder: FrameDecoder, deadline: f
 
 
 def dial(endpoint: str) -> socket.socket:
-    """Connect to ``HOST:PORT``; an unreachable server is a :class:`UserError`."""
+    """Connect to ``IP:PORT``; an unreachable server is a :class:`UserError`.
+
+    The client resolved the server's name once, before it changed routes or DNS
+    (``client.resolve_endpoint``), so ``endpoint`` holds an address and nothing is resolved here.
+    """
     host, port = parse_endpoint(endpoint)
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-    except socket.gaierror as exc:
-        raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
     except TimeoutError:
         raise UserError(f"server {host}:{port} is unreachable: connection timed out") from None
     except OSError as exc:
