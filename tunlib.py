@@ -32,6 +32,7 @@ import os
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from core import TUN_SOURCE, Action, Counters, FairQueue, ServerCore, client_verdict
@@ -80,6 +81,9 @@ class PeerLink:
         self._out_len = 0
         self.send_lock = threading.Lock()
         self.counters = Counters()
+        self.handshake_at = time.time()
+        """Wall-clock time of this link's last handshake (a link is made right after one) or
+        rekey: the one place ``status`` reads ``last_handshake`` from, on both ends."""
 
     # -- sending ------------------------------------------------------------
     def append(self, packet: bytes | memoryview) -> None:
