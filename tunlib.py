@@ -76,7 +76,6 @@ class PeerLink:
         self._send = send
         self._recv = recv
         self._decoder = decoder
-        decoder.max_body = MAX_FRAME_BODY
         self._out = memoryview(bytearray(SEND_BUFFER_SIZE))
         self._out_len = 0
         self.send_lock = threading.Lock()

@@ -228,7 +228,8 @@ def test_frames_before_an_oversized_header_are_still_delivered():
 
 
 def test_max_body_can_be_raised_after_the_handshake():
-    """session.py lowers max_body to MAX_HANDSHAKE_BODY, PeerLink raises it again."""
+    """session.py creates its decoder with MAX_HANDSHAKE_BODY and raises the limit itself when it
+    hands the decoder to the PeerLink; nobody else changes it."""
     decoder = FrameDecoder(MAX_FRAME_BODY, 1 << 20)
     decoder.max_body = MAX_HANDSHAKE_BODY
     feed(decoder, encode_header(FrameType.DATA, MAX_HANDSHAKE_BODY + 1))
