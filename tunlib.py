@@ -124,6 +124,8 @@ class PeerLink:
         wait: the caller queues the packets instead. Otherwise the packets are sealed and the
         socket takes what it can at once; whatever it did not take stays in the output buffer,
         :attr:`backlogged` turns True, and the caller must have the sender thread :meth:`flush`.
+        ``packets`` must fit the output buffer (the TUN reader hands on TUN_BATCH_BYTES at most),
+        so :meth:`append` never has to flush, which would block.
         """
         if not self.send_lock.acquire(blocking=False):
             return False
@@ -506,6 +508,9 @@ def hand_on(session: ClientSession, batch: list[bytes]) -> None:
     if queue.claim_idle():
         try:
             sent = session.link.send_now(batch)
+        except LinkClosed:  # its send key is used up: end that session, never this thread
+            session.close()
+            return
         finally:
             queue.release()
         if sent:
