@@ -20,7 +20,7 @@ down, also on Ctrl+C, SIGTERM or SIGHUP. Rows, in order:
                an "internet" namespace behind the server, checked with SHA-256.
 
 Per path row: iperf3 single stream up (client -> server) and down (``-R``), 4 streams up
-(``-P 4``), the average RTT of idle pings sent every 0.2 s and every 0.01 s (the interval
+(``-P 4``), the median RTT of idle pings sent every 0.2 s and every 0.01 s (the interval
 matters: an idle thread takes longer to wake, see README "Speed"), and the CPU seconds
 (user + system, from ``/proc/PID/stat``) the tunnel processes used during the three
 throughput tests. Under the table, the targets of issue 11 with this run's figures.
@@ -37,11 +37,13 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 import os
 import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -125,7 +127,7 @@ class Row:
     p4: float | None = None
     """Mbit/s. For ``multi`` the 4-client sum is reported as ``p4`` (4 streams in all)."""
     rtt_ms: dict[str, float] = field(default_factory=dict)
-    """Average RTT in ms by ping interval (``"0.2"``, ``"0.01"``)."""
+    """Median RTT in ms by ping interval (``"0.2"``, ``"0.01"``)."""
     cpu_s: float | None = None
     cpu_s_per_gb: float | None = None
     """CPU seconds of the tunnel processes per GB (1e9 bytes) received during the tests."""
@@ -225,11 +227,27 @@ def ping_avg(ns: netlab.Namespace, address: str, count: int, interval: float = P
     return float(match[1])
 
 
+def ping_median(ns: netlab.Namespace, address: str, count: int, interval: float) -> float:
+    """Median RTT in ms of ``count`` pings, ``interval`` seconds apart; fails if none came back.
+
+    The median, not the average: the machine is shared, and one ping that waited for another
+    engineer's process to leave the CPU moves an average of 20 by more than the effect measured.
+    """
+    deadline = math.ceil(count * interval + 2)
+    result = ns.run("ping", "-n", "-c", count, "-i", interval, "-w", deadline, address, timeout=deadline + 30)
+    times = [float(t) for t in re.findall(r"time=([\d.]+) ms", result.stdout)]
+    if not times:
+        raise RuntimeError(f"ping {address} from {ns.name} failed: {tail(result.stdout + result.stderr)}")
+    if len(times) < count:
+        log.warning("ping %s every %s s: %d of %d replies", address, interval, len(times), count)
+    return statistics.median(times)
+
+
 def ping_series(ns: netlab.Namespace, address: str, settings: Settings) -> dict[str, float]:
-    """Average RTT at each of PING_INTERVALS, the same number of seconds of pinging each."""
+    """Median RTT at each of PING_INTERVALS, the same number of seconds of pinging each."""
     slowest = PING_INTERVALS[0]
     return {
-        str(interval): ping_avg(ns, address, max(1, round(settings.pings * slowest / interval)), interval)
+        str(interval): ping_median(ns, address, max(1, round(settings.pings * slowest / interval)), interval)
         for interval in PING_INTERVALS
     }
 
@@ -656,7 +674,7 @@ def render(rows: list[Row], settings: Settings, table_ratios: dict) -> str:
     lines = [
         f"tunlib benchmark, {settings.mode} mode: {settings.seconds} s per iperf3 test"
         f" (+{settings.omit} s omitted); pings every {' s and every '.join(intervals)} s"
-        f" ({settings.pings * PING_INTERVALS[0]:.0f} s of each); Mbit/s, RTT in ms",
+        f" ({settings.pings * PING_INTERVALS[0]:.0f} s of each); Mbit/s, RTT = median in ms",
         header,
         "-" * len(header),
     ]
@@ -816,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "settings": asdict(settings),
         "environment": {**env, "loadavg_after": os.getloadavg()},
-        "units": {"up/down/p4": "Mbit/s (iperf3 receiver)", "rtt_ms": "ms avg", "cpu_s": "s user+sys"},
+        "units": {"up/down/p4": "Mbit/s (iperf3 receiver)", "rtt_ms": "ms, median", "cpu_s": "s user+sys"},
         "rows": [{**asdict(row), "ratios": table_ratios[row.key]} for row in rows],
         "targets": [{**asdict(t), "verdict": t.verdict()} for t in targets(rows)],
     }
