@@ -46,7 +46,6 @@ from pathlib import Path
 import netlab
 from netlab import NETNS_RUN, Namespace, Peer, Process, TunnelLab
 
-HERE = Path(__file__).resolve()
 JOURNAL_DIR = Path("/var/lib/tunlib")
 """Where client.py and server.py journal their host changes (journal.JOURNAL_DIR)."""
 
@@ -366,7 +365,8 @@ class GatewayLab(TunnelLab):
         return self._helper(peer.ns, "resolve", name, timeout=60)
 
     def _helper(self, ns: Namespace, *args: str, timeout: float) -> dict:
-        result = ns.run(sys.executable, str(HERE), *args, timeout=timeout)
+        # As a module from the repository (the lab's working directory), so it imports netlab.
+        result = ns.run(sys.executable, "-m", "tests.e2e.gatewaylab", *args, timeout=timeout)
         try:
             return json.loads(result.stdout.strip().splitlines()[-1])
         except (IndexError, ValueError):
