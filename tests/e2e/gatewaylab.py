@@ -19,7 +19,7 @@ test tells "came through the tunnel" (the server's address, after its masquerade
 "came directly" (the client's own address).
 
 The client side of each check runs as a short command inside the client namespace
-(``python3 gatewaylab.py fetch|resolve ...``, via ``ip netns exec``), so that it sees the
+(``python3 -m tests.e2e.gatewaylab fetch|resolve ...``, via ``ip netns exec``), so that it sees the
 namespace's own ``/etc/resolv.conf`` as the bind mount ``ip netns exec`` makes, exactly as a
 user's program would. Namespace and interface names start with ``tlg``.
 
