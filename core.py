@@ -58,6 +58,10 @@ class Counters:
     dropped_bad_vnet: int = 0
     dropped_tun_write: int = 0
     icmp_replies: int = 0
+    keepalives_sent: int = 0
+    """A send counter (under ``send_lock``)."""
+    rekeys: int = 0
+    """Completed rekeys; written by the receiving thread alone (rekey.KeySchedule.rekeys)."""
 
     def summary(self, *others: Counters) -> str:
         """``name=value`` for every non-zero counter, summed over ``self`` and ``others``."""
@@ -103,7 +107,7 @@ def icmp_reply(packet: Buffer, own_address: bytes, vnet_hdr_len: int) -> bytes |
     return echo_reply_for(packet, own_address)
 
 
-class Action(IntEnum):
+class Verdict(IntEnum):
     """What to do with a packet that came out of a session."""
 
     DROP = 0
@@ -118,15 +122,15 @@ class Action(IntEnum):
 
 def client_verdict(
     packet: Buffer, vnet_hdr_len: int, own_address: bytes, answer_icmp: bool, counters: Counters
-) -> tuple[Action, Buffer | None]:
+) -> tuple[Verdict, Buffer | None]:
     """The client's decision for a plaintext from the server: (action, bytes to act on)."""
     if not check_plaintext(packet, vnet_hdr_len, counters):
-        return Action.DROP, None
+        return Verdict.DROP, None
     if answer_icmp and packet[vnet_hdr_len + IPV4_DST : vnet_hdr_len + IPV4_DST + 4] == own_address:
         reply = icmp_reply(packet, own_address, vnet_hdr_len)
         if reply is not None:
-            return Action.REPLY, reply
-    return Action.TUN, packet
+            return Verdict.REPLY, reply
+    return Verdict.TUN, packet
 
 
 class ServerCore(Generic[Route]):
@@ -150,7 +154,7 @@ class ServerCore(Generic[Route]):
 
     def from_client(
         self, source: bytes, packet: Buffer, counters: Counters
-    ) -> tuple[Action, Route | None, Buffer | None]:
+    ) -> tuple[Verdict, Route | None, Buffer | None]:
         """Decide for a plaintext from the client whose tunnel address is ``source``.
 
         Returns the action, the destination client (CLIENT only) and the bytes to act on
@@ -159,22 +163,22 @@ class ServerCore(Generic[Route]):
         """
         offset = self.vnet_hdr_len
         if not check_plaintext(packet, offset, counters):
-            return Action.DROP, None, None
+            return Verdict.DROP, None, None
         if packet[self._src] != source:
             counters.dropped_spoofed += 1
-            return Action.DROP, None, None
+            return Verdict.DROP, None, None
         dst = bytes(packet[self._dst])
         peer = self.routes.get(dst)
         if peer is not None:
             if self.isolate_clients:
                 counters.dropped_isolated += 1
-                return Action.DROP, None, None
-            return Action.CLIENT, peer, packet
+                return Verdict.DROP, None, None
+            return Verdict.CLIENT, peer, packet
         if self.answer_icmp and dst == self.own_address:
             reply = icmp_reply(packet, dst, offset)
             if reply is not None:
-                return Action.REPLY, None, reply
-        return Action.TUN, None, packet
+                return Verdict.REPLY, None, reply
+        return Verdict.TUN, None, packet
 
     def from_tun(self, packet: Buffer, counters: Counters) -> Route | None:
         """The client a packet read from the TUN goes to, or None (counted as no route)."""

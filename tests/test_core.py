@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wiretools import VirtioNetHdr
 
-from core import TUN_SOURCE, Action, Counters, FairQueue, ServerCore, client_verdict, icmp_reply
+from core import TUN_SOURCE, Counters, FairQueue, ServerCore, Verdict, client_verdict, icmp_reply
 from packets import internet_checksum
 from vnet import PLAIN_VNET_HDR
 
@@ -43,50 +43,50 @@ def make_core(vnet: int = 0, answer_icmp: bool = False, isolate: bool = False) -
 
 def test_a_packet_to_the_outside_goes_to_the_tun_unchanged() -> None:
     counters, packet = Counters(), ipv4(ALICE, OUTSIDE)
-    assert make_core().from_client(ALICE, packet, counters) == (Action.TUN, None, packet)
+    assert make_core().from_client(ALICE, packet, counters) == (Verdict.TUN, None, packet)
     assert counters == Counters()
 
 
 def test_a_packet_to_another_client_goes_to_that_client() -> None:
     packet = ipv4(ALICE, BOB)
-    assert make_core().from_client(ALICE, packet, Counters()) == (Action.CLIENT, "bob", packet)
+    assert make_core().from_client(ALICE, packet, Counters()) == (Verdict.CLIENT, "bob", packet)
 
 
 def test_isolated_clients_cannot_reach_each_other_and_the_drop_is_counted() -> None:
     counters = Counters()
-    assert make_core(isolate=True).from_client(ALICE, ipv4(ALICE, BOB), counters) == (Action.DROP, None, None)
+    assert make_core(isolate=True).from_client(ALICE, ipv4(ALICE, BOB), counters) == (Verdict.DROP, None, None)
     assert counters.dropped_isolated == 1
     # ...but the server and the world behind it still can be reached.
-    assert make_core(isolate=True).from_client(ALICE, ipv4(ALICE, SERVER), counters)[0] == Action.TUN
+    assert make_core(isolate=True).from_client(ALICE, ipv4(ALICE, SERVER), counters)[0] == Verdict.TUN
 
 
 def test_a_spoofed_source_is_dropped_and_counted_even_towards_another_client() -> None:
     counters = Counters()
-    assert make_core().from_client(ALICE, ipv4(BOB, BOB), counters) == (Action.DROP, None, None)
+    assert make_core().from_client(ALICE, ipv4(BOB, BOB), counters) == (Verdict.DROP, None, None)
     assert counters.dropped_spoofed == 1
 
 
 def test_a_ping_to_the_server_is_answered_in_user_space_only_when_asked() -> None:
     request = echo_request(ALICE, SERVER)
     action, _, reply = make_core(answer_icmp=True).from_client(ALICE, request, Counters())
-    assert action == Action.REPLY
+    assert action == Verdict.REPLY
     assert reply[12:16] == SERVER and reply[16:20] == ALICE and reply[20] == 0  # echo reply from us to alice
-    assert make_core(answer_icmp=False).from_client(ALICE, request, Counters())[0] == Action.TUN
+    assert make_core(answer_icmp=False).from_client(ALICE, request, Counters())[0] == Verdict.TUN
 
 
 def test_offload_mode_reads_the_addresses_behind_the_virtio_header() -> None:
     core, packet = make_core(vnet=10), PLAIN_VNET_HDR + ipv4(ALICE, BOB)
-    assert core.from_client(ALICE, packet, Counters()) == (Action.CLIENT, "bob", packet)
+    assert core.from_client(ALICE, packet, Counters()) == (Verdict.CLIENT, "bob", packet)
     action, _, reply = make_core(vnet=10, answer_icmp=True).from_client(
         ALICE, PLAIN_VNET_HDR + echo_request(ALICE, SERVER), Counters()
     )
-    assert action == Action.REPLY and reply[:10] == PLAIN_VNET_HDR and reply[10 + 16 : 10 + 20] == ALICE
+    assert action == Verdict.REPLY and reply[:10] == PLAIN_VNET_HDR and reply[10 + 16 : 10 + 20] == ALICE
 
 
 def test_a_bad_virtio_header_is_dropped_as_bad_vnet_before_the_source_is_looked_at() -> None:
     counters = Counters()
     bad = VirtioNetHdr(flags=0, gso_type=1, gso_size=0).pack() + ipv4(BOB, BOB)  # also spoofed
-    assert make_core(vnet=10).from_client(ALICE, bad, counters)[0] == Action.DROP
+    assert make_core(vnet=10).from_client(ALICE, bad, counters)[0] == Verdict.DROP
     assert (counters.dropped_bad_vnet, counters.dropped_spoofed) == (1, 0)
 
 
@@ -98,10 +98,10 @@ def test_any_bytes_get_a_verdict_and_every_drop_is_counted_once(
     action, peer, out = make_core(vnet, answer_icmp, isolate).from_client(ALICE, data, counters)
     drops = counters.dropped_malformed + counters.dropped_bad_vnet + counters.dropped_spoofed
     drops += counters.dropped_isolated
-    assert drops == (1 if action == Action.DROP else 0)
-    if action in (Action.TUN, Action.CLIENT):
+    assert drops == (1 if action == Verdict.DROP else 0)
+    if action in (Verdict.TUN, Verdict.CLIENT):
         assert out == data and data[vnet + 12 : vnet + 16] == ALICE  # nothing leaves with a forged source
-    assert (peer is not None) == (action == Action.CLIENT)
+    assert (peer is not None) == (action == Verdict.CLIENT)
 
 
 @given(st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4), st.booleans())
@@ -109,10 +109,10 @@ def test_routing_from_a_client_follows_the_destination(src: bytes, dst: bytes, i
     counters = Counters()
     action, peer, _ = make_core(isolate=isolate).from_client(src, ipv4(src, dst), counters)
     if dst in (ALICE, BOB):
-        expected = Action.DROP if isolate else Action.CLIENT
+        expected = Verdict.DROP if isolate else Verdict.CLIENT
         assert (action, peer) == (expected, None if isolate else {ALICE: "alice", BOB: "bob"}[dst])
     else:
-        assert action == Action.TUN
+        assert action == Verdict.TUN
 
 
 # -- ServerCore.from_tun and the client ----------------------------------------------
@@ -127,10 +127,10 @@ def test_from_tun_routes_by_destination_and_counts_the_unroutable() -> None:
 
 def test_the_client_writes_what_the_server_sends_and_answers_its_own_pings_if_asked() -> None:
     counters, packet = Counters(), ipv4(OUTSIDE, ALICE)
-    assert client_verdict(packet, 0, ALICE, True, counters) == (Action.TUN, packet)
+    assert client_verdict(packet, 0, ALICE, True, counters) == (Verdict.TUN, packet)
     action, reply = client_verdict(echo_request(SERVER, ALICE), 0, ALICE, True, counters)
-    assert action == Action.REPLY and reply == icmp_reply(echo_request(SERVER, ALICE), ALICE, 0)
-    assert client_verdict(b"\x60" + bytes(40), 0, ALICE, True, counters) == (Action.DROP, None)
+    assert action == Verdict.REPLY and reply == icmp_reply(echo_request(SERVER, ALICE), ALICE, 0)
+    assert client_verdict(b"\x60" + bytes(40), 0, ALICE, True, counters) == (Verdict.DROP, None)
     assert counters.dropped_malformed == 1
 
 
@@ -266,6 +266,6 @@ def test_ihl_below_five_and_a_total_length_past_the_plaintext_are_malformed() ->
     trailing = good + b"pad"  # bytes after the IP packet: the kernel trims them, so they pass
     for bad in (short_ihl, too_long):
         counters = Counters()
-        assert make_core().from_client(ALICE, bad, counters)[0] == Action.DROP
+        assert make_core().from_client(ALICE, bad, counters)[0] == Verdict.DROP
         assert counters.dropped_malformed == 1
-    assert make_core().from_client(ALICE, trailing, Counters())[0] == Action.TUN
+    assert make_core().from_client(ALICE, trailing, Counters())[0] == Verdict.TUN

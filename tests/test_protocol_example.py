@@ -23,7 +23,7 @@ import types
 from pathlib import Path
 
 import pytest
-from wiretools import feed, seal
+from wiretools import feed
 
 import session
 from config import ClientRecord, Profile
@@ -195,9 +195,9 @@ def test_session_keys_and_handshake_hash():
 
 def test_data_frames():
     client_send = SendState(EXAMPLE["k1"])
-    assert seal(client_send, b"") == EXAMPLE["frame 3"]  # key confirmation: counter 0
-    assert seal(client_send, EXAMPLE["plaintext 4"]) == EXAMPLE["frame 4"]  # the ping: counter 1
-    assert seal(SendState(EXAMPLE["k2"]), EXAMPLE["plaintext 5"]) == EXAMPLE["frame 5"]
+    assert client_send.seal(b"") == EXAMPLE["frame 3"]  # key confirmation: counter 0
+    assert client_send.seal(EXAMPLE["plaintext 4"]) == EXAMPLE["frame 4"]  # the ping: counter 1
+    assert SendState(EXAMPLE["k2"]).seal(EXAMPLE["plaintext 5"]) == EXAMPLE["frame 5"]
 
 
 def test_data_frames_open_in_order():

@@ -20,7 +20,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wiretools import feed, seal
+from wiretools import feed
 
 import session
 from config import ClientRecord, Profile
@@ -200,7 +200,7 @@ def test_data_sent_right_behind_the_response_is_not_lost(pair):
         message, keys = responder.write_response(PSK, Registry.settings_for(ALICE, None).encode())
         send = SendState(keys.send_key)
         server_sock.sendall(
-            encode_frame(FrameType.HANDSHAKE_RESPONSE, message) + seal(send, b"early 1") + seal(send, b"early 2")
+            encode_frame(FrameType.HANDSHAKE_RESPONSE, message) + send.seal(b"early 1") + send.seal(b"early 2")
         )
 
     server = in_thread(eager_server)

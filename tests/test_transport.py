@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wiretools import feed, seal
+from wiretools import feed
 
 from framing import AEAD_TAG_LEN, HEADER_LEN, FrameDecoder, FrameType, encode_header
 from transport import (
@@ -44,7 +44,7 @@ def split(frame: bytes) -> tuple[bytes, bytes]:
 
 def sealed(plaintexts: list[bytes], key: bytes = KEY) -> list[bytes]:
     send = SendState(key)
-    return [seal(send, p) for p in plaintexts]
+    return [send.seal(p) for p in plaintexts]
 
 
 # -- known vectors -------------------------------------------------------------------
@@ -59,8 +59,8 @@ def test_constants():
 
 def test_known_vector_counter_0_and_1():
     send = SendState(KEY)
-    f0 = seal(send, b"hello")
-    f1 = seal(send, b"hello")
+    f0 = send.seal(b"hello")
+    f1 = send.seal(b"hello")
     assert f0 == reference_frame(KEY, 0, b"hello")
     assert f1 == reference_frame(KEY, 1, b"hello")
     assert f0 != f1  # same plaintext, different nonce
@@ -70,7 +70,7 @@ def test_known_vector_counter_0_and_1():
 
 def test_known_vector_pinned_bytes():
     """Pinned output so a change in the reference helper cannot hide a change in both."""
-    frame = seal(SendState(bytes(32)), b"")
+    frame = SendState(bytes(32)).seal(b"")
     assert frame.hex() == "0000001004" + AESGCM(bytes(32)).encrypt(bytes(12), b"", bytes.fromhex("0000001004")).hex()
     assert len(frame) == HEADER_LEN + AEAD_TAG_LEN
 
@@ -83,7 +83,7 @@ def test_receive_opens_independently_sealed_frames():
 
 
 def test_header_is_associated_data_not_plaintext():
-    frame = seal(SendState(KEY), b"abc")
+    frame = SendState(KEY).seal(b"abc")
     header, body = split(frame)
     nonce = bytes(12)
     assert AESGCM(KEY).decrypt(nonce, body, header) == b"abc"
@@ -101,7 +101,7 @@ def test_round_trip_sequence():
 
 
 def test_open_into_writes_plaintext_at_start_of_out():
-    frame = seal(SendState(KEY), b"payload")
+    frame = SendState(KEY).seal(b"payload")
     out = bytearray(b"#" * 32)
     n = ReceiveState(KEY).open_into(*split(frame), memoryview(out))
     assert n == 7
@@ -122,7 +122,7 @@ def test_seal_and_seal_into_are_equivalent():
     a, b = SendState(KEY), SendState(KEY)
     out = bytearray(4096)
     for text in texts:
-        frame = seal(a, text)
+        frame = a.seal(text)
         n = b.seal_into(text, memoryview(out))
         assert n == HEADER_LEN + len(text) + AEAD_TAG_LEN
         assert bytes(out[:n]) == frame
@@ -169,7 +169,7 @@ def test_round_trip_through_decoder_with_random_chunks(texts, data):
 def test_matches_reference_at_any_counter(key, counter, text):
     send = SendState(key)
     send.counter = counter
-    frame = seal(send, text)
+    frame = send.seal(text)
     assert frame == reference_frame(key, counter, text)
     recv = ReceiveState(key)
     recv.counter = counter
@@ -279,7 +279,7 @@ def test_frame_from_another_key_rejected():
 def test_frame_from_other_direction_rejected():
     """Each direction has its own key: a reflected frame does not open."""
     k1, k2 = KEY, OTHER_KEY
-    reflected = seal(SendState(k1), b"to server")
+    reflected = SendState(k1).seal(b"to server")
     assert_rejected(ReceiveState(k2), *split(reflected))
 
 
@@ -297,11 +297,11 @@ def test_open_into_failure_leaves_counter():
 def test_send_nonce_exhausted():
     send = SendState(KEY)
     send.counter = REJECT_AFTER_MESSAGES - 1
-    last = seal(send, b"last")
+    last = send.seal(b"last")
     assert last == reference_frame(KEY, REJECT_AFTER_MESSAGES - 1, b"last")
     assert send.counter == REJECT_AFTER_MESSAGES
     with pytest.raises(NonceExhausted):
-        seal(send, b"one too many")
+        send.seal(b"one too many")
     with pytest.raises(NonceExhausted):
         send.seal_into(b"one too many", memoryview(bytearray(100)))
     assert send.counter == REJECT_AFTER_MESSAGES
@@ -310,7 +310,7 @@ def test_send_nonce_exhausted():
 def test_receive_nonce_exhausted():
     send = SendState(KEY)
     send.counter = REJECT_AFTER_MESSAGES - 1
-    last = seal(send, b"last")
+    last = send.seal(b"last")
     after = reference_frame(KEY, REJECT_AFTER_MESSAGES, b"after")  # a frame nobody should seal
     recv = ReceiveState(KEY)
     recv.counter = REJECT_AFTER_MESSAGES - 1

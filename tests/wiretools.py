@@ -1,6 +1,6 @@
 """Conveniences for tests that build or take apart wire bytes by hand.
 
-The product modules offer only what the data path uses (``seal_into``, ``free_space``/``commit``,
+The product modules offer only what the data path uses (``free_space``/``commit``,
 ``vnet_problem``); the slower, friendlier forms that tests want live here.
 """
 
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from framing import AEAD_TAG_LEN, HEADER_LEN, FrameDecoder, FrameError
+from framing import FrameDecoder, FrameError
 from packets import Buffer
-from transport import SendState
 from vnet import VIRTIO_NET_HDR, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_LEN
 
 
@@ -24,13 +23,6 @@ def feed(decoder: FrameDecoder, data: bytes) -> None:
         space[: len(chunk)] = chunk
         decoder.commit(len(chunk))
         data = data[len(chunk) :]
-
-
-def seal(send: SendState, plaintext: bytes | memoryview) -> bytes:
-    """One sealed DATA frame as new bytes."""
-    out = bytearray(HEADER_LEN + len(plaintext) + AEAD_TAG_LEN)
-    send.seal_into(plaintext, memoryview(out))
-    return bytes(out)
 
 
 @dataclass(frozen=True, slots=True)
