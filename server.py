@@ -59,7 +59,6 @@ from tunlib import (
     PeerLink,
     ServerRouter,
     SessionEnd,
-    Waker,
     pump_queue_to_link,
     run_supervised,
     supervise,
@@ -97,6 +96,7 @@ class Server:
         rekey_after: float | None = None,
         keepalive: float | None = None,
         on_failure: Callable[[], None] = lambda: None,
+        stop: StopSignal | None = None,
     ) -> None:
         self.state = state
         self.rekey_after = rekey_after
@@ -110,8 +110,9 @@ class Server:
         self.listener = listener
         self.tun = tun
         self.router = ServerRouter(tun, settings.server_interface.ip.packed, icmp_reply, isolate_clients)
-        self.waker = Waker()
-        self.stopping = threading.Event()
+        self.stopping = stop if stop is not None else StopSignal(handle_signals=False)
+        """The one stop flag: raised by a signal, a failed server-wide thread or :meth:`stop`; the
+        TUN reader polls it, every other thread checks or waits on it."""
         self.pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
         replay = ReplayGuard()
         self.admission = Admission(state.private_key(), self.lookup, replay.is_new, replay.confirm, self.settings_for)
@@ -146,7 +147,7 @@ class Server:
 
     # -- threads ------------------------------------------------------------
     def start(self) -> None:
-        self._spawn("tun-reader", self.router.pump_tun, self.waker)
+        self._spawn("tun-reader", self.router.pump_tun, self.stopping)
         self._spawn("acceptor", self.accept_loop)
         self._spawn("registry-watch", self.watch_registry)
 
@@ -313,7 +314,6 @@ class Server:
         self.log_stats()  # while the sessions still exist
         for session in list(self.router.sessions.values()):
             session.close()
-        self.waker.wake()
         with self.connections_lock:
             connections = list(self.connections)
         deadline = time.monotonic() + SHUTDOWN_JOIN_TIMEOUT
@@ -325,7 +325,6 @@ class Server:
             log.error("threads still running at shutdown: %s", ", ".join(lingering))
             return
         self.tun.close()
-        self.waker.close()
 
 
 def bind_listener(listen: str) -> socket.socket:
@@ -416,6 +415,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             rekey_after=args.rekey_after,
             keepalive=args.keepalive,
             on_failure=stop.set,
+            stop=stop,
         )
         stop.on_usr1(server.log_stats)
         server.start()

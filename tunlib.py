@@ -35,6 +35,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from core import TUN_SOURCE, Counters, FairQueue, ServerCore, Verdict, client_verdict
 from framing import AEAD_TAG_LEN, HEADER_LEN, MAX_FRAME_BODY, MAX_PACKET_LEN, FrameDecoder, FrameError, FrameType
@@ -379,52 +380,38 @@ def supervise(name: str, body: Callable[[], None], end: SessionEnd, on_exit: Cal
     return thread
 
 
-class Waker:
-    """A pipe whose only job is to wake threads blocked in ``poll`` on a TUN at shutdown."""
+class StopFlag(Protocol):
+    """What the pump threads need of the stop flag (``runtime.StopSignal``): a descriptor that
+    polls readable once the flag is raised, so a thread asleep in ``poll`` on a TUN wakes."""
 
-    def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-
-    def wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self.write_fd, b"x")
-
-    def drain(self) -> None:
-        """Re-arm after a wake, so the next session's threads sleep again."""
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self.read_fd, 64):
-                pass
-
-    def close(self) -> None:
-        os.close(self.read_fd)
-        os.close(self.write_fd)
+    def fileno(self) -> int: ...
 
 
 def _wait_readable(poller: select.poll, tun_fd: int) -> bool:
-    """Block until the TUN has a packet (True) or the waker fired (False)."""
+    """Block until the TUN has a packet (True) or the stop flag went up (False)."""
     return all(fd == tun_fd for fd, _ in poller.poll())
 
 
-def _make_poller(tun: TunDevice, waker: Waker) -> select.poll:
+def _make_poller(tun: TunDevice, stop: StopFlag) -> select.poll:
     os.set_blocking(tun.fd, False)
     poller = select.poll()
     poller.register(tun.fd, select.POLLIN)
-    poller.register(waker.read_fd, select.POLLIN)
+    poller.register(stop.fileno(), select.POLLIN)
     return poller
 
 
-def read_tun(tun: TunDevice, waker: Waker, counters: Counters) -> Iterator[memoryview | None]:
+def read_tun(tun: TunDevice, stop: StopFlag, counters: Counters) -> Iterator[memoryview | None]:
     """Yield every IPv4 packet the TUN has ready, then ``None`` once it is drained.
 
     The TUN is non-blocking: we read until EAGAIN, which is the moment to send what was
-    collected (the ``None``), then sleep in ``poll`` until more arrives or the waker fires (the
-    generator then ends). Each packet is a view into one reusable buffer, valid until the next
+    collected (the ``None``), then sleep in ``poll`` until more arrives or the stop flag goes up
+    (the generator then ends). Each packet is a view into one reusable buffer, valid until the next
     one is read. Anything but IPv4 is dropped and counted: the tunnel carries IPv4 only. The
     counters touched here (``dropped_ipv6``, ``dropped_tun_short``) belong to the reading thread.
     A deleted interface raises :class:`TunGone`; our own shutdown never closes the descriptor
     before this loop has ended (the TUN outlives every thread that touches it).
     """
-    poller = _make_poller(tun, waker)
+    poller = _make_poller(tun, stop)
     buf = memoryview(bytearray(MAX_PACKET_LEN))
     bufs = [buf]
     readv, fd = os.readv, tun.fd
@@ -448,14 +435,14 @@ def read_tun(tun: TunDevice, waker: Waker, counters: Counters) -> Iterator[memor
         yield None
 
 
-def pump_tun_to_link(tun: TunDevice, link: PeerLink, waker: Waker) -> None:
+def pump_tun_to_link(tun: TunDevice, link: PeerLink, stop: StopFlag) -> None:
     """Client thread 1: TUN -> seal -> socket, one ``sendall`` for all the TUN had ready.
 
     Under load a batch holds many packets; when idle, a lone ping goes out immediately.
     """
     counters = link.counters
     append, flush, lock = link.append, link.flush, link.send_lock
-    for packet in read_tun(tun, waker, counters):
+    for packet in read_tun(tun, stop, counters):
         with lock:  # the receiver thread may send an ICMP reply: same buffer, same counters
             if packet is None:
                 flush()
@@ -640,7 +627,7 @@ class ServerRouter:
             if self.sessions.get(session.address) is session:
                 del self.sessions[session.address]
 
-    def pump_tun(self, waker: Waker) -> None:
+    def pump_tun(self, stop: StopFlag) -> None:
         """The server's TUN reader thread: route each packet to its client, directly or queued.
 
         Packets are collected per client while the TUN has more (up to TUN_BATCH_BYTES), then
@@ -650,7 +637,7 @@ class ServerRouter:
         from_tun, counters = self.core.from_tun, self.counters
         pending: dict[ClientSession, list[bytes]] = {}
         pending_bytes = 0
-        for packet in read_tun(self.tun, waker, counters):
+        for packet in read_tun(self.tun, stop, counters):
             if packet is not None:
                 session = from_tun(packet, counters)
                 if session is None:
