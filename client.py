@@ -141,12 +141,13 @@ class Tunnel:
             self.routes += [str(net) for net in split]
         self.state, self.connected_since = "connected", time.time()
         log.info(
-            "connected to %s as %s on %s (%s mode, MTU %d)",
+            "connected to %s as %s on %s (%s mode, MTU %d); the server is %s in the tunnel",
             self.endpoint,
             settings.address,
             self.tun.name,
             "offload" if self.tun.offload else "plain",
             settings.mtu,
+            settings.server_address,
         )
 
     def run_session(self, link: PeerLink) -> SessionEnd | None:
