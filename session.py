@@ -25,7 +25,16 @@ from dataclasses import dataclass
 
 from config import ClientRecord, Profile, format_endpoint
 from errors import UserError
-from framing import MAX_HANDSHAKE_BODY, FrameDecoder, FrameError, FrameType, RejectReason, encode_frame, encode_header
+from framing import (
+    MAX_FRAME_BODY,
+    MAX_HANDSHAKE_BODY,
+    FrameDecoder,
+    FrameError,
+    FrameType,
+    RejectReason,
+    encode_frame,
+    encode_header,
+)
 from handshake import HandshakeError, Initiator, Responder
 from happy_eyeballs import connect_first
 from messages import ClientHello, MessageError, SessionSettings, tai64n
@@ -78,7 +87,6 @@ def read_handshake_frame(sock: socket.socket, decoder: FrameDecoder, deadline: f
     Bytes after that frame stay in ``decoder`` for the data path (a fast peer may send DATA
     right behind its handshake message).
     """
-    decoder.max_body = MAX_HANDSHAKE_BODY
     while True:
         try:
             for frame_type, _header, body in decoder.frames():
@@ -144,6 +152,7 @@ def client_handshake(sock: socket.socket, profile: Profile) -> tuple[SessionSett
     except MessageError as exc:
         raise HandshakeFailed(f"bad session settings from the server: {exc}") from None
     sock.settimeout(None)
+    decoder.max_body = MAX_FRAME_BODY  # our decoder: the session limit from the next byte on (PROTOCOL.md 3.1)
     link = PeerLink(sock, SendState(keys.send_key), ReceiveState(keys.recv_key), decoder)
     try:
         with link.send_lock:  # key confirmation: proves to the server that we hold the psk
@@ -240,6 +249,7 @@ def server_handshake(sock: socket.socket, admission: Admission) -> tuple[ClientR
     if not admission.confirm_timestamp(client_key, hello.timestamp):
         raise HandshakeFailed(f"client {record.name}: a newer handshake from this client won the race")
     sock.settimeout(None)
+    decoder.max_body = MAX_FRAME_BODY  # our decoder: the session limit from the next byte on (PROTOCOL.md 3.1)
     return record, settings, PeerLink(sock, SendState(keys.send_key), receive, decoder)
 
 

@@ -10,8 +10,7 @@ import re
 import signal
 from collections.abc import Callable
 
-from netlab import SERVER_PORT, TunnelLab
-from test_e2e_peer_validation import counter
+from netlab import SERVER_PORT, TunnelLab, client_counter
 
 
 def test_one_listener_on_ipv6_serves_ipv6_and_ipv4_carriers(make_lab: Callable[..., TunnelLab]) -> None:
@@ -42,7 +41,7 @@ def test_icmp_reply_answers_ping6_in_user_space(make_lab: Callable[..., TunnelLa
     assert back.all_answered, back.output
     server.send_signal(signal.SIGTERM)
     assert server.wait(5) == 0
-    assert counter(server.log(), "icmp_replies", "alice") >= 4
+    assert client_counter(server.log(), "icmp_replies", "alice") >= 4
     client.send_signal(signal.SIGTERM)
     assert client.wait(5) == 0
     stats = re.findall(r"icmp_replies=(\d+)", client.log())

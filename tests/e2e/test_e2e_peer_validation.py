@@ -9,22 +9,14 @@ by getting a ping answered afterwards).
 from __future__ import annotations
 
 import json
-import re
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import netlab
 
-ROGUE = Path(__file__).resolve().parent / "rogue_client.py"
-
-
-def counter(log: str, name: str, client: str) -> int:
-    line = re.search(rf"client {client} stats: (.*)", log)
-    assert line, f"no stats line for {client} in:\n{log}"
-    match = re.search(rf"\b{name}=(\d+)", line[1])
-    return int(match[1]) if match else 0
+ROGUE = "tests.e2e.rogue_client"
+"""Run with ``python -m`` from the repository (the lab's working directory), so it imports tunlib's modules."""
 
 
 def test_bad_headers_and_spoofed_sources_are_dropped_and_counted_while_the_session_lives(
@@ -36,7 +28,7 @@ def test_bad_headers_and_spoofed_sources_are_dropped_and_counted_while_the_sessi
     alice = lab.add_client("alice")
     lab.start_client(alice)
 
-    result = mallory.ns.run(sys.executable, ROGUE, mallory.profile, mallory.endpoint, timeout=30, check=True)
+    result = mallory.ns.run(sys.executable, "-m", ROGUE, mallory.profile, mallory.endpoint, timeout=30, check=True)
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
 
     assert outcome["offload"] == (mode == ()), outcome
@@ -46,7 +38,7 @@ def test_bad_headers_and_spoofed_sources_are_dropped_and_counted_while_the_sessi
     assert server.wait(5) == 0
     log = server.log()
     assert outcome["ipv6"], "the lab's server offers IPv6: the spoofed IPv6 probe was not sent"
-    assert counter(log, "dropped_spoofed", "mallory") == 2  # one IPv4, one IPv6
-    assert counter(log, "dropped_malformed", "mallory") == 1
-    assert counter(log, "dropped_bad_vnet", "mallory") == (1 if outcome["offload"] else 0)
-    assert counter(log, "dropped_spoofed", "alice") == 0
+    assert netlab.client_counter(log, "dropped_spoofed", "mallory") == 2  # one IPv4, one IPv6
+    assert netlab.client_counter(log, "dropped_malformed", "mallory") == 1
+    assert netlab.client_counter(log, "dropped_bad_vnet", "mallory") == (1 if outcome["offload"] else 0)
+    assert netlab.client_counter(log, "dropped_spoofed", "alice") == 0

@@ -57,7 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(os.environ.get("TUNLIB_REPO") or Path(__file__).resolve().parents[1])
+REPO = Path(os.environ.get("TUNLIB_REPO") or Path(__file__).resolve().parent)
 """The checkout whose ``server.py`` and ``client.py`` the lab runs (with ``sys.executable``):
 this one, or the one named by ``$TUNLIB_REPO`` (e.g. to test or benchmark another revision)."""
 NETNS_RUN = Path("/run/netns")
@@ -595,7 +595,7 @@ class StreamResult:
 
 
 def tcp_stream(
-    sender: Namespace, receiver: Namespace, address: str, data: bytes, port: int = 5201, timeout: float = 120.0
+    sender: Namespace, receiver: Namespace, address: str, data: bytes, *, port: int = 5201, timeout: float = 120.0
 ) -> StreamResult:
     """Send ``data`` over one TCP connection from ``sender`` to ``address:port`` in ``receiver``.
 
@@ -706,6 +706,15 @@ class Capture:
 
 
 # -- checks ------------------------------------------------------------------------
+
+
+def client_counter(log: str, name: str, client: str) -> int:
+    """The counter ``name`` in the server's last stats line for ``client`` (0 when it is not
+    listed: a stats line names only non-zero counters)."""
+    lines = re.findall(rf"client {client} stats: (.*)", log)
+    assert lines, f"no stats line for {client} in:\n{log}"
+    match = re.search(rf"\b{name}=(\d+)", lines[-1])
+    return int(match[1]) if match else 0
 
 
 def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
