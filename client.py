@@ -175,7 +175,9 @@ class Tunnel:
         """
         assert self.tun is not None and self.settings is not None
         tun, done, end = self.tun, self.stop, SessionEnd()
-        deliver = make_client_deliver(tun, link, self.settings.address.ip.packed, self.args.icmp_reply)
+        address6 = self.settings.address6
+        own6 = address6.ip.packed if address6 is not None else None
+        deliver = make_client_deliver(tun, link, self.settings.address.ip.packed, self.args.icmp_reply, own6)
         pumps: list[tuple[str, Callable[[], None]]] = [
             ("tun-to-socket", lambda: pump_tun_to_link(tun, link, done)),  # done also wakes its poll
             ("socket-to-tun", lambda: link.receive_packets(deliver)),

@@ -4,8 +4,8 @@ The threads in tunlib.py read and write file descriptors; everything they must *
 a packet happens here, in plain objects that take bytes and return what to do, as boringtun's
 ``Tunn::encapsulate`` and ``decapsulate`` do:
 
-* :func:`check_plaintext` - may a plaintext from the peer go on at all (IPv4 behind a
-  virtio-net header the kernel will take)?
+* :func:`check_plaintext` - may a plaintext from the peer go on at all (IPv4 or IPv6 behind
+  a virtio-net header the kernel will take)?
 * :class:`ServerCore` - where a packet goes on the server: from a client to the TUN, to
   another client, back as a ping reply, or nowhere (spoofed source, isolated clients); from
   the TUN to the client that owns the destination address, or nowhere.
@@ -25,7 +25,16 @@ from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import Generic, TypeVar
 
-from packets import IPV4_DST, IPV4_MIN_HEADER_LEN, IPV4_SRC, echo_reply_for
+from packets import (
+    IPV4_DST,
+    IPV4_MIN_HEADER_LEN,
+    IPV4_SRC,
+    IPV6_DST,
+    IPV6_HEADER_LEN,
+    IPV6_SRC,
+    echo_reply6_for,
+    echo_reply_for,
+)
 from vnet import PLAIN_VNET_HDR, vnet_problem
 
 Buffer = bytes | bytearray | memoryview
@@ -33,7 +42,7 @@ Route = TypeVar("Route")
 
 TUN_SOURCE = b"tun"
 """The source key of packets the server's TUN hands us: the server itself and everything
-routed behind it. Client sources are their 4-byte tunnel addresses."""
+routed behind it. Client sources are their 4-byte tunnel addresses (for IPv6 packets too)."""
 
 
 @dataclass
@@ -49,8 +58,10 @@ class Counters:
     rx_packets: int = 0
     rx_bytes: int = 0
     dropped_ipv6: int = 0
+    """IPv6 packets from a client of a server that offers no IPv6 (``init --subnet6 none``)."""
     dropped_tun_short: int = 0
-    """Reads from our own TUN too short for an IPv4 header (the TUN reader's; the kernel's fault)."""
+    """Reads from our own TUN that are neither IPv4 nor IPv6 or too short for their header (the
+    TUN reader's; the kernel's fault)."""
     dropped_malformed: int = 0
     dropped_spoofed: int = 0
     dropped_no_route: int = 0
@@ -69,42 +80,56 @@ class Counters:
         return " ".join(f"{name}={value}" for name, value in totals.items() if value)
 
 
-def check_plaintext(packet: Buffer, vnet_hdr_len: int, counters: Counters) -> bool:
-    """Whether a plaintext from the peer may go on: an IPv4 packet behind a virtio-net header
-    the kernel will take (offload mode). Anything else is dropped and counted, never fatal.
+def check_plaintext(packet: Buffer, vnet_hdr_len: int, counters: Counters) -> int:
+    """The IP version (4 or 6) of a plaintext from the peer that may go on, or 0 when it is
+    dropped and counted (never fatal): it must be an IPv4 or IPv6 packet behind a virtio-net
+    header the kernel will take (offload mode).
 
-    Malformed (PROTOCOL.md 7.3): shorter than an IPv4 header, not version 4, a header length
-    (IHL) under 5 words, or a total length past the end of the plaintext. These cost a few
-    byte reads; the header checksum and fragments are left to the kernel, which counts them.
-    The whole plaintext is checked before the caller looks at its addresses.
+    Malformed (PROTOCOL.md 7.3): for IPv4, shorter than its header, a header length (IHL)
+    under 5 words, or a total length past the end of the plaintext; for IPv6, shorter than the
+    40-byte fixed header, or a payload length past the end; any other version nibble. These
+    cost a few byte reads; the IPv4 header checksum, fragments and IPv6 extension headers are
+    left to the kernel, which counts what it refuses. The whole plaintext is checked before the
+    caller looks at its addresses.
     """
     ip = vnet_hdr_len
-    if (
-        len(packet) < ip + IPV4_MIN_HEADER_LEN
-        or packet[ip] >> 4 != 4
-        or packet[ip] & 0x0F < 5
-        or (packet[ip + 2] << 8 | packet[ip + 3]) > len(packet) - ip
-    ):
+    available = len(packet) - ip
+    version = packet[ip] >> 4 if available > 0 else 0
+    if version == 4:
+        well_formed = (
+            available >= IPV4_MIN_HEADER_LEN
+            and packet[ip] & 0x0F >= 5
+            and (packet[ip + 2] << 8 | packet[ip + 3]) <= available
+        )
+    elif version == 6:
+        well_formed = (
+            available >= IPV6_HEADER_LEN and (packet[ip + 4] << 8 | packet[ip + 5]) + IPV6_HEADER_LEN <= available
+        )
+    else:
+        well_formed = False
+    if not well_formed:
         counters.dropped_malformed += 1
-        return False
+        return 0
     if vnet_hdr_len and vnet_problem(packet) is not None:
         counters.dropped_bad_vnet += 1
-        return False
-    return True
+        return 0
+    return version
 
 
 def icmp_reply(packet: Buffer, own_address: bytes, vnet_hdr_len: int) -> bytes | None:
     """The user-space echo reply for ``packet`` (which may carry a virtio-net header), or None.
 
-    A packet with a virtio-net header qualifies only if the header asks for nothing
-    (no GSO, no checksum to finish): ICMP packets always look like that.
+    ``own_address`` is 4 bytes for an ICMP echo (IPv4), 16 for an ICMPv6 echo (IPv6). A packet
+    with a virtio-net header qualifies only if the header asks for nothing (no GSO, no checksum
+    to finish): ICMP packets always look like that.
     """
+    build = echo_reply_for if len(own_address) == 4 else echo_reply6_for
     if vnet_hdr_len:
         if any(packet[:vnet_hdr_len]):
             return None
-        reply = echo_reply_for(packet[vnet_hdr_len:], own_address)
+        reply = build(packet[vnet_hdr_len:], own_address)
         return None if reply is None else PLAIN_VNET_HDR + reply
-    return echo_reply_for(packet, own_address)
+    return build(packet, own_address)
 
 
 class Verdict(IntEnum):
@@ -121,68 +146,103 @@ class Verdict(IntEnum):
 
 
 def client_verdict(
-    packet: Buffer, vnet_hdr_len: int, own_address: bytes, answer_icmp: bool, counters: Counters
+    packet: Buffer,
+    vnet_hdr_len: int,
+    own_address: bytes,
+    answer_icmp: bool,
+    counters: Counters,
+    *,
+    own_address6: bytes | None = None,
 ) -> tuple[Verdict, Buffer | None]:
     """The client's decision for a plaintext from the server: (action, bytes to act on)."""
-    if not check_plaintext(packet, vnet_hdr_len, counters):
+    version = check_plaintext(packet, vnet_hdr_len, counters)
+    if not version:
         return Verdict.DROP, None
-    if answer_icmp and packet[vnet_hdr_len + IPV4_DST : vnet_hdr_len + IPV4_DST + 4] == own_address:
-        reply = icmp_reply(packet, own_address, vnet_hdr_len)
-        if reply is not None:
-            return Verdict.REPLY, reply
+    if answer_icmp:
+        own = own_address if version == 4 else own_address6
+        at = vnet_hdr_len + (IPV4_DST if version == 4 else IPV6_DST)
+        if own is not None and packet[at : at + len(own)] == own:
+            reply = icmp_reply(packet, own, vnet_hdr_len)
+            if reply is not None:
+                return Verdict.REPLY, reply
     return Verdict.TUN, packet
 
 
 class ServerCore(Generic[Route]):
     """The server's routing decisions between its one TUN and many clients.
 
-    The tunnel gives each client one /32, so a dict from 4-byte address to the client's route
-    (whatever the driver wants back: its session) is the whole routing table. Client-to-client
-    packets go from one client straight to the other, without a trip through the kernel (so the
-    server needs no IP forwarding for them), unless ``isolate_clients`` drops them.
-    The driver mutates :attr:`routes` under its own lock; lookups are single dict reads.
+    The tunnel gives each client one IPv4 /32 and one IPv6 /128, so a dict from address (4 or
+    16 bytes: the two never collide) to the client's route (whatever the driver wants back: its
+    session) is the whole routing table. Client-to-client packets go from one client straight to
+    the other, without a trip through the kernel (so the server needs no IP forwarding for
+    them), unless ``isolate_clients`` drops them. The driver mutates :attr:`routes` under its
+    own lock; lookups are single dict reads.
     """
 
-    def __init__(self, own_address: bytes, vnet_hdr_len: int, answer_icmp: bool, isolate_clients: bool) -> None:
+    def __init__(
+        self,
+        own_address: bytes,
+        vnet_hdr_len: int,
+        answer_icmp: bool,
+        isolate_clients: bool,
+        *,
+        own_address6: bytes | None = None,
+    ) -> None:
         self.own_address = own_address
+        self.own_address6 = own_address6
         self.vnet_hdr_len = vnet_hdr_len
         self.answer_icmp = answer_icmp
         self.isolate_clients = isolate_clients
         self.routes: dict[bytes, Route] = {}
-        self._src = slice(vnet_hdr_len + IPV4_SRC, vnet_hdr_len + IPV4_SRC + 4)
-        self._dst = slice(vnet_hdr_len + IPV4_DST, vnet_hdr_len + IPV4_DST + 4)
+        self._src4 = slice(vnet_hdr_len + IPV4_SRC, vnet_hdr_len + IPV4_SRC + 4)
+        self._dst4 = slice(vnet_hdr_len + IPV4_DST, vnet_hdr_len + IPV4_DST + 4)
+        self._src6 = slice(vnet_hdr_len + IPV6_SRC, vnet_hdr_len + IPV6_SRC + 16)
+        self._dst6 = slice(vnet_hdr_len + IPV6_DST, vnet_hdr_len + IPV6_DST + 16)
+        self._version = vnet_hdr_len
 
     def from_client(
-        self, source: bytes, packet: Buffer, counters: Counters
+        self, source: bytes, packet: Buffer, counters: Counters, *, source6: bytes | None = None
     ) -> tuple[Verdict, Route | None, Buffer | None]:
-        """Decide for a plaintext from the client whose tunnel address is ``source``.
+        """Decide for a plaintext from the client whose tunnel addresses are ``source`` (IPv4)
+        and ``source6`` (IPv6, None when the server offers no IPv6).
 
         Returns the action, the destination client (CLIENT only) and the bytes to act on
         (the packet itself, or the reply for REPLY). The order of checks is PROTOCOL.md 7.3's:
-        IPv4 and the virtio-net header, then the source address, then the destination.
+        the IP header and the virtio-net header, then the source address, then the destination.
         """
-        offset = self.vnet_hdr_len
-        if not check_plaintext(packet, offset, counters):
+        version = check_plaintext(packet, self.vnet_hdr_len, counters)
+        if not version:
             return Verdict.DROP, None, None
-        if packet[self._src] != source:
-            counters.dropped_spoofed += 1
-            return Verdict.DROP, None, None
-        dst = bytes(packet[self._dst])
+        if version == 4:
+            if packet[self._src4] != source:
+                counters.dropped_spoofed += 1
+                return Verdict.DROP, None, None
+            dst, own = bytes(packet[self._dst4]), self.own_address
+        else:
+            if source6 is None:
+                counters.dropped_ipv6 += 1
+                return Verdict.DROP, None, None
+            if packet[self._src6] != source6:
+                counters.dropped_spoofed += 1
+                return Verdict.DROP, None, None
+            dst, own = bytes(packet[self._dst6]), self.own_address6
         peer = self.routes.get(dst)
         if peer is not None:
             if self.isolate_clients:
                 counters.dropped_isolated += 1
                 return Verdict.DROP, None, None
             return Verdict.CLIENT, peer, packet
-        if self.answer_icmp and dst == self.own_address:
-            reply = icmp_reply(packet, dst, offset)
+        if self.answer_icmp and dst == own:
+            reply = icmp_reply(packet, dst, self.vnet_hdr_len)
             if reply is not None:
                 return Verdict.REPLY, None, reply
         return Verdict.TUN, None, packet
 
     def from_tun(self, packet: Buffer, counters: Counters) -> Route | None:
-        """The client a packet read from the TUN goes to, or None (counted as no route)."""
-        route = self.routes.get(bytes(packet[self._dst]))
+        """The client a packet read from the TUN (IPv4 or IPv6, see :func:`tunlib.read_tun`)
+        goes to, or None (counted as no route)."""
+        dst = self._dst4 if packet[self._version] >> 4 == 4 else self._dst6
+        route = self.routes.get(bytes(packet[dst]))
         if route is None:
             counters.dropped_no_route += 1
         return route

@@ -187,6 +187,10 @@ IPPROTO_ICMPV6 = 58
 ICMPV6_ECHO_REQUEST = 128
 ICMPV6_ECHO_REPLY = 129
 IPV6_HEADER_LEN = 40
+IPV6_SRC = 8
+"""Offset of the 16-byte source address in the fixed IPv6 header."""
+IPV6_DST = 24
+"""Offset of the 16-byte destination address."""
 # RFC 8200 section 3: version/traffic class/flow label, payload length, next header, hop limit,
 # source, destination.
 _IPV6_HEADER = struct.Struct("!IHBB16s16s")

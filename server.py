@@ -109,7 +109,10 @@ class Server:
         self.settings = settings
         self.listener = listener
         self.tun = tun
-        self.router = ServerRouter(tun, settings.server_interface.ip.packed, icmp_reply, isolate_clients)
+        own6 = settings.server_interface6.ip.packed if settings.server_interface6 else None
+        self.router = ServerRouter(
+            tun, settings.server_interface.ip.packed, icmp_reply, isolate_clients, own_address6=own6
+        )
         self.stopping = stop if stop is not None else StopSignal(handle_signals=False)
         """The one stop flag: raised by a signal, a failed server-wide thread or :meth:`stop`; the
         TUN reader polls it, every other thread checks or waits on it."""
@@ -178,7 +181,7 @@ class Server:
         """
         while not self.stopping.wait(REGISTRY_POLL_INTERVAL):
             registered = {(c.public_key, c.address.packed) for c in self.state.readable_clients()}
-            for session in list(self.router.sessions.values()):
+            for session in self.router.connected():
                 if (session.public_key, session.address) not in registered:
                     log.info("client %s is no longer registered; closing its session", session.name)
                     session.close()
@@ -241,7 +244,10 @@ class Server:
                 admission.static_private, record.public_key, record.psk, PROLOGUE, admission.confirm_timestamp
             ),
         )
-        session = ClientSession(record.name, record.public_key, record.address.packed, link)
+        address6 = self.settings.client_address6(record)
+        session = ClientSession(
+            record.name, record.public_key, record.address.packed, link, address6.packed if address6 else None
+        )
         replaced = self.router.attach(session)
         if replaced is not None:
             log.info("client %s reconnected; closing its previous connection", record.name)
@@ -265,14 +271,14 @@ class Server:
                 log.info("client %s stats: %s", record.name, session.stats())
 
     def log_stats(self) -> None:
-        sessions = list(self.router.sessions.values())
+        sessions = self.router.connected()
         log.info("server stats: %s; clients connected: %d", self.router.counters.summary(), len(sessions))
         for s in sessions:
             log.info("client %s stats: %s", s.name, s.stats())
 
     def status(self) -> dict[str, Any]:
         """``server.py status``: the listener, refusals, and every registered client, connected or not."""
-        sessions = {s.public_key: s for s in list(self.router.sessions.values())}
+        sessions = {s.public_key: s for s in self.router.connected()}
         clients = []
         for record in self.state.readable_clients():
             session = sessions.get(record.public_key)
@@ -313,7 +319,7 @@ class Server:
             self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.log_stats()  # while the sessions still exist
-        for session in list(self.router.sessions.values()):
+        for session in self.router.connected():
             session.close()
         with self.connections_lock:
             connections = list(self.connections)

@@ -39,7 +39,7 @@ from typing import Protocol
 
 from core import TUN_SOURCE, Counters, FairQueue, ServerCore, Verdict, client_verdict
 from framing import AEAD_TAG_LEN, HEADER_LEN, MAX_FRAME_BODY, MAX_PACKET_LEN, FrameDecoder, FrameError, FrameType
-from packets import IPV4_MIN_HEADER_LEN
+from packets import IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN
 from rekey import FRAME_CHARGE, Action, InitiatorRole, KeySchedule, Policy, ProtocolError, ResponderRole, SessionExpired
 from transport import DecryptError, NonceExhausted, ReceiveState, SendState
 from tundev import TunDevice
@@ -401,13 +401,13 @@ def _make_poller(tun: TunDevice, stop: StopFlag) -> select.poll:
 
 
 def read_tun(tun: TunDevice, stop: StopFlag, counters: Counters) -> Iterator[memoryview | None]:
-    """Yield every IPv4 packet the TUN has ready, then ``None`` once it is drained.
+    """Yield every IPv4 and IPv6 packet the TUN has ready, then ``None`` once it is drained.
 
     The TUN is non-blocking: we read until EAGAIN, which is the moment to send what was
     collected (the ``None``), then sleep in ``poll`` until more arrives or the stop flag goes up
     (the generator then ends). Each packet is a view into one reusable buffer, valid until the next
-    one is read. Anything but IPv4 is dropped and counted: the tunnel carries IPv4 only. The
-    counters touched here (``dropped_ipv6``, ``dropped_tun_short``) belong to the reading thread.
+    one is read. Anything else, or a read too short for its IP header, is dropped and counted in
+    ``dropped_tun_short``, a counter that belongs to the reading thread.
     A deleted interface raises :class:`TunGone`; our own shutdown never closes the descriptor
     before this loop has ended (the TUN outlives every thread that touches it).
     """
@@ -415,7 +415,8 @@ def read_tun(tun: TunDevice, stop: StopFlag, counters: Counters) -> Iterator[mem
     buf = memoryview(bytearray(MAX_PACKET_LEN))
     bufs = [buf]
     readv, fd = os.readv, tun.fd
-    version_at, minimum = tun.vnet_hdr_len, tun.vnet_hdr_len + IPV4_MIN_HEADER_LEN
+    version_at = tun.vnet_hdr_len
+    minimum4, minimum6 = version_at + IPV4_MIN_HEADER_LEN, version_at + IPV6_HEADER_LEN
     while _wait_readable(poller, fd):
         while True:
             try:
@@ -426,12 +427,11 @@ def read_tun(tun: TunDevice, stop: StopFlag, counters: Counters) -> Iterator[mem
                 if exc.errno == errno.EBADFD:
                     raise TunGone(f"TUN device {tun.name} was deleted") from None
                 raise
-            if length < minimum:
-                counters.dropped_tun_short += 1
-            elif buf[version_at] >> 4 != 4:
-                counters.dropped_ipv6 += 1
-            else:
+            version = buf[version_at] >> 4 if length > version_at else 0
+            if (version == 4 and length >= minimum4) or (version == 6 and length >= minimum6):
                 yield buf[:length]
+            else:
+                counters.dropped_tun_short += 1
         yield None
 
 
@@ -560,14 +560,14 @@ def write_to_tun(tun_fd: int, packet: memoryview | bytes, counters: Counters) ->
 
 
 def make_client_deliver(
-    tun: TunDevice, link: PeerLink, own_address: bytes, answer_icmp: bool
+    tun: TunDevice, link: PeerLink, own_address: bytes, answer_icmp: bool, own_address6: bytes | None = None
 ) -> Callable[[memoryview], None]:
     """Client thread 2's per-packet step: the core decides, this writes to the TUN or replies."""
     fd, offset, counters = tun.fd, tun.vnet_hdr_len, link.counters
     tun_action, reply_action = Verdict.TUN, Verdict.REPLY
 
     def deliver(packet: memoryview) -> None:
-        action, data = client_verdict(packet, offset, own_address, answer_icmp, counters)
+        action, data = client_verdict(packet, offset, own_address, answer_icmp, counters, own_address6=own_address6)
         if action == tun_action:
             write_to_tun(fd, packet, counters)
         elif action == reply_action:
@@ -580,10 +580,15 @@ def make_client_deliver(
 class ClientSession:
     """The server's view of one connected client: its link, its queue, its threads."""
 
-    def __init__(self, name: str, public_key: bytes, address: bytes, link: PeerLink) -> None:
+    def __init__(
+        self, name: str, public_key: bytes, address: bytes, link: PeerLink, address6: bytes | None = None
+    ) -> None:
         self.name = name
         self.public_key = public_key
         self.address = address
+        """The client's IPv4 tunnel address (4 bytes); it also names the client as a packet source."""
+        self.address6 = address6
+        """The client's IPv6 tunnel address (16 bytes), or None when the server offers no IPv6."""
         self.link = link
         self.queue = PacketQueue()
 
@@ -607,25 +612,41 @@ class ServerRouter:
     lock that guards changes to it and the I/O each decision needs.
     """
 
-    def __init__(self, tun: TunDevice, own_address: bytes, answer_icmp: bool, isolate_clients: bool = False) -> None:
+    def __init__(
+        self,
+        tun: TunDevice,
+        own_address: bytes,
+        answer_icmp: bool,
+        isolate_clients: bool = False,
+        own_address6: bytes | None = None,
+    ) -> None:
         self.tun = tun
-        self.core: ServerCore[ClientSession] = ServerCore(own_address, tun.vnet_hdr_len, answer_icmp, isolate_clients)
+        self.core: ServerCore[ClientSession] = ServerCore(
+            own_address, tun.vnet_hdr_len, answer_icmp, isolate_clients, own_address6=own_address6
+        )
         self.sessions = self.core.routes
         self.lock = threading.Lock()
         self.counters = Counters()
         """The TUN reader's: packets from the TUN that no client owns, or that were malformed."""
 
     def attach(self, session: ClientSession) -> ClientSession | None:
-        """Make ``session`` the route for its address; return the session it replaces."""
+        """Make ``session`` the route for its addresses; return the session it replaces."""
         with self.lock:
             old = self.sessions.get(session.address)
-            self.sessions[session.address] = session
+            for address in (session.address, session.address6):
+                if address is not None:
+                    self.sessions[address] = session
         return old
+
+    def connected(self) -> list[ClientSession]:
+        """Every connected client once (the routing table names each by both its addresses)."""
+        return [session for address, session in list(self.sessions.items()) if len(address) == 4]
 
     def detach(self, session: ClientSession) -> None:
         with self.lock:
-            if self.sessions.get(session.address) is session:
-                del self.sessions[session.address]
+            for address in (session.address, session.address6):
+                if address is not None and self.sessions.get(address) is session:
+                    del self.sessions[address]
 
     def pump_tun(self, stop: StopFlag) -> None:
         """The server's TUN reader thread: route each packet to its client, directly or queued.
@@ -656,12 +677,12 @@ class ServerRouter:
 
     def make_deliver(self, session: ClientSession) -> Callable[[memoryview], None]:
         """The per-packet step of one client's receiver thread."""
-        fd, counters, source = self.tun.fd, session.link.counters, session.address
+        fd, counters, source, source6 = self.tun.fd, session.link.counters, session.address, session.address6
         from_client = self.core.from_client
         tun_action, client_action, reply_action = Verdict.TUN, Verdict.CLIENT, Verdict.REPLY
 
         def deliver(packet: memoryview) -> None:
-            action, peer, data = from_client(source, packet, counters)
+            action, peer, data = from_client(source, packet, counters, source6=source6)
             if action == tun_action:
                 write_to_tun(fd, packet, counters)
             elif action == client_action:

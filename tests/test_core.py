@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from wiretools import VirtioNetHdr
 
 from core import TUN_SOURCE, Counters, FairQueue, ServerCore, Verdict, client_verdict, icmp_reply
-from packets import internet_checksum
+from packets import icmpv6_checksum, internet_checksum
 from vnet import PLAIN_VNET_HDR
 
 SERVER = bytes([10, 0, 0, 1])
@@ -97,7 +97,7 @@ def test_any_bytes_get_a_verdict_and_every_drop_is_counted_once(
     counters = Counters()
     action, peer, out = make_core(vnet, answer_icmp, isolate).from_client(ALICE, data, counters)
     drops = counters.dropped_malformed + counters.dropped_bad_vnet + counters.dropped_spoofed
-    drops += counters.dropped_isolated
+    drops += counters.dropped_isolated + counters.dropped_ipv6
     assert drops == (1 if action == Verdict.DROP else 0)
     if action in (Verdict.TUN, Verdict.CLIENT):
         assert out == data and data[vnet + 12 : vnet + 16] == ALICE  # nothing leaves with a forged source
@@ -130,7 +130,7 @@ def test_the_client_writes_what_the_server_sends_and_answers_its_own_pings_if_as
     assert client_verdict(packet, 0, ALICE, True, counters) == (Verdict.TUN, packet)
     action, reply = client_verdict(echo_request(SERVER, ALICE), 0, ALICE, True, counters)
     assert action == Verdict.REPLY and reply == icmp_reply(echo_request(SERVER, ALICE), ALICE, 0)
-    assert client_verdict(b"\x60" + bytes(40), 0, ALICE, True, counters) == (Verdict.DROP, None)
+    assert client_verdict(b"\x60" + bytes(30), 0, ALICE, True, counters) == (Verdict.DROP, None)
     assert counters.dropped_malformed == 1
 
 
@@ -269,3 +269,100 @@ def test_ihl_below_five_and_a_total_length_past_the_plaintext_are_malformed() ->
         assert make_core().from_client(ALICE, bad, counters)[0] == Verdict.DROP
         assert counters.dropped_malformed == 1
     assert make_core().from_client(ALICE, trailing, Counters())[0] == Verdict.TUN
+
+
+# -- IPv6 ------------------------------------------------------------------------------
+
+SERVER6 = bytes.fromhex("fd000099000000000000000000000001")
+ALICE6 = bytes.fromhex("fd000099000000000000000000000002")
+BOB6 = bytes.fromhex("fd000099000000000000000000000003")
+OUTSIDE6 = bytes.fromhex("20010db8000000000000000000000007")
+
+
+def ipv6(src: bytes, dst: bytes, payload: bytes = b"x" * 8, next_header: int = 17) -> bytes:
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), next_header, 64, src, dst) + payload
+
+
+def echo_request6(src: bytes, dst: bytes) -> bytes:
+    icmp = bytearray(struct.pack("!BBHHH", 128, 0, 0, 0x1234, 1) + b"ping")
+    struct.pack_into("!H", icmp, 2, icmpv6_checksum(src, dst, icmp))
+    return ipv6(src, dst, bytes(icmp), next_header=58)
+
+
+def make_core6(vnet: int = 0, answer_icmp: bool = False, isolate: bool = False) -> ServerCore[str]:
+    core: ServerCore[str] = ServerCore(SERVER, vnet, answer_icmp, isolate, own_address6=SERVER6)
+    core.routes.update({ALICE: "alice", BOB: "bob", ALICE6: "alice", BOB6: "bob"})
+    return core
+
+
+def test_ipv6_from_a_client_is_routed_by_its_destination() -> None:
+    core, counters = make_core6(), Counters()
+    outside = ipv6(ALICE6, OUTSIDE6)
+    assert core.from_client(ALICE, outside, counters, source6=ALICE6) == (Verdict.TUN, None, outside)
+    to_bob = ipv6(ALICE6, BOB6)
+    assert core.from_client(ALICE, to_bob, counters, source6=ALICE6) == (Verdict.CLIENT, "bob", to_bob)
+    assert counters == Counters()
+
+
+def test_ipv6_with_a_source_that_is_not_the_clients_is_spoofed() -> None:
+    counters = Counters()
+    assert make_core6().from_client(ALICE, ipv6(BOB6, OUTSIDE6), counters, source6=ALICE6)[0] == Verdict.DROP
+    assert make_core6().from_client(ALICE, ipv6(ALICE, OUTSIDE6), counters, source6=ALICE6)[0] == Verdict.DROP
+    assert counters.dropped_spoofed == 2
+
+
+def test_ipv6_to_a_server_without_ipv6_is_dropped_as_such() -> None:
+    counters = Counters()
+    assert make_core().from_client(ALICE, ipv6(ALICE6, OUTSIDE6), counters)[0] == Verdict.DROP
+    assert (counters.dropped_ipv6, counters.dropped_spoofed) == (1, 0)
+
+
+def test_isolated_clients_cannot_reach_each_other_over_ipv6() -> None:
+    counters = Counters()
+    assert make_core6(isolate=True).from_client(ALICE, ipv6(ALICE6, BOB6), counters, source6=ALICE6)[0] == Verdict.DROP
+    assert counters.dropped_isolated == 1
+
+
+def test_icmpv6_echo_to_the_server_is_answered_with_and_without_a_vnet_header() -> None:
+    request = echo_request6(ALICE6, SERVER6)
+    action, _, reply = make_core6(answer_icmp=True).from_client(ALICE, request, Counters(), source6=ALICE6)
+    assert action == Verdict.REPLY and reply is not None
+    assert reply[8:24] == SERVER6 and reply[24:40] == ALICE6 and reply[40] == 129
+    assert icmpv6_checksum(SERVER6, ALICE6, reply[40:]) == 0
+    framed = PLAIN_VNET_HDR + request
+    action, _, reply10 = make_core6(vnet=10, answer_icmp=True).from_client(ALICE, framed, Counters(), source6=ALICE6)
+    assert action == Verdict.REPLY and reply10 == PLAIN_VNET_HDR + reply
+    assert make_core6().from_client(ALICE, request, Counters(), source6=ALICE6)[0] == Verdict.TUN
+
+
+def test_ipv6_payload_length_past_the_end_or_a_short_header_is_malformed() -> None:
+    counters, good = Counters(), ipv6(ALICE6, OUTSIDE6)
+    for bad in (good[:39], good[:4] + struct.pack("!H", 9) + good[6:], b"\x70" + good[1:]):
+        assert make_core6().from_client(ALICE, bad, counters, source6=ALICE6)[0] == Verdict.DROP
+    assert counters.dropped_malformed == 3
+
+
+def test_from_tun_routes_ipv6_by_destination() -> None:
+    core, counters = make_core6(), Counters()
+    assert core.from_tun(ipv6(OUTSIDE6, ALICE6), counters) == "alice"
+    assert core.from_tun(ipv6(OUTSIDE6, OUTSIDE6), counters) is None
+    assert counters.dropped_no_route == 1
+
+
+def test_the_client_answers_its_own_icmpv6_pings_if_asked() -> None:
+    counters, request = Counters(), echo_request6(SERVER6, ALICE6)
+    action, reply = client_verdict(request, 0, ALICE, True, counters, own_address6=ALICE6)
+    assert action == Verdict.REPLY and reply == icmp_reply(request, ALICE6, 0)
+    assert client_verdict(request, 0, ALICE, False, counters, own_address6=ALICE6) == (Verdict.TUN, request)
+    assert client_verdict(request, 0, ALICE, True, counters) == (Verdict.TUN, request)  # no IPv6 of its own
+
+
+@given(st.binary(max_size=80), st.sampled_from([0, 10]), st.booleans())
+def test_no_ipv6_packet_leaves_a_client_with_a_forged_source(data: bytes, vnet: int, answer_icmp: bool) -> None:
+    counters = Counters()
+    action, _, out = make_core6(vnet, answer_icmp).from_client(ALICE, data, counters, source6=ALICE6)
+    if action in (Verdict.TUN, Verdict.CLIENT):
+        version = data[vnet] >> 4
+        assert version in (4, 6)
+        src = data[vnet + 12 : vnet + 16] if version == 4 else data[vnet + 8 : vnet + 24]
+        assert src == (ALICE if version == 4 else ALICE6) and out == data
