@@ -49,4 +49,7 @@ def configure_interface(
     run_ip("address", "add", str(address), "dev", name)
     if address6 is not None:
         run_ip("-6", "address", "add", str(address6), "dev", name, "nodad")
+    # No link-local address: without one the kernel sends no router solicitations or other
+    # link-scope chatter into the tunnel, where the other end could only drop it.
+    run_ip("link", "set", "dev", name, "addrgenmode", "none")
     run_ip("link", "set", "dev", name, "mtu", str(mtu), "up")
