@@ -14,6 +14,9 @@ CLIENT_TUN=tun-client0
 SUBNET=10.0.0.0/24
 SERVER_TUN_ADDR=10.0.0.1/24
 CLIENT_TUN_ADDR=10.0.0.2/24
+SUBNET6=fd00:7e57::/64
+SERVER_TUN_ADDR6=fd00:7e57::1/64
+CLIENT_TUN_ADDR6=fd00:7e57::2/64
 SERVER_VETH_ADDR=192.0.2.1/24
 CLIENT_VETH_ADDR=192.0.2.2/24
 CLIENT_NAME=client1
@@ -342,6 +345,8 @@ write_state() {
         printf 'LAB_CLIENT_TUN=%q\n' "$CLIENT_TUN"
         printf 'LAB_SERVER_TUN_ADDR=%q\n' "$SERVER_TUN_ADDR"
         printf 'LAB_CLIENT_TUN_ADDR=%q\n' "$CLIENT_TUN_ADDR"
+        printf 'LAB_SERVER_TUN_ADDR6=%q\n' "$SERVER_TUN_ADDR6"
+        printf 'LAB_CLIENT_TUN_ADDR6=%q\n' "$CLIENT_TUN_ADDR6"
         printf 'LAB_SERVER_VETH=%q\n' "${SERVER_VETH:-}"
         printf 'LAB_CLIENT_VETH=%q\n' "${CLIENT_VETH:-}"
         printf 'LAB_LISTEN=%q\n' "$LISTEN"
@@ -416,10 +421,11 @@ write_state
 rm -rf "$STATE_DIR" "$PROFILE"
 : >"$SERVER_LOG"
 : >"$CLIENT_LOG"
-"$PY" "$ROOT/server.py" init --state-dir "$STATE_DIR" --subnet "$SUBNET" \
+"$PY" "$ROOT/server.py" init --state-dir "$STATE_DIR" --subnet "$SUBNET" --subnet6 "$SUBNET6" \
     --listen "$LISTEN" --endpoint "$LISTEN" >/dev/null 2>>"$SERVER_LOG" || fail "server.py init failed"
 (umask 077 && "$PY" "$ROOT/server.py" add-client "$CLIENT_NAME" --state-dir "$STATE_DIR" \
-    --address "${CLIENT_TUN_ADDR%/*}" >"$PROFILE" 2>>"$SERVER_LOG") || fail "server.py add-client failed"
+    --address "${CLIENT_TUN_ADDR%/*}" --address6 "${CLIENT_TUN_ADDR6%/*}" >"$PROFILE" 2>>"$SERVER_LOG") ||
+    fail "server.py add-client failed"
 chmod 600 "$PROFILE"
 
 SERVER_OPTS=()
@@ -553,8 +559,9 @@ Try (as root, in another terminal):
   ip netns exec $CLIENT_NS cat /etc/resolv.conf
   ip netns exec $INET_NS tcpdump -ni any -c 1 udp port 53 & sleep 1; ip netns exec $CLIENT_NS timeout 3 getent hosts www.tunlib.test
 
-  # Pings through the tunnel, and counters ("stats: ..." lines in the logs)
+  # Pings through the tunnel (IPv4 and IPv6), and counters ("stats: ..." lines in the logs)
   ip netns exec $CLIENT_NS ping -c 3 $S
+  ip netns exec $CLIENT_NS ping -c 3 ${SERVER_TUN_ADDR6%/*}
   kill -USR1 $SERVER_PID $CLIENT_PID; tail -n 3 $SERVER_LOG $CLIENT_LOG
 EOF
 else
@@ -565,9 +572,11 @@ tunlib demo is up: two-host lab (offload $OFFLOAD).
   client  namespace $CLIENT_NS: veth $CLIENT_VETH ${CLIENT_VETH_ADDR%/*}, TUN $CLIENT_TUN $C, client.py PID $CLIENT_PID
 
 Try (as root, in another terminal):
-  # Ping through the tunnel, both ways
+  # Ping through the tunnel, both ways, over IPv4 and over IPv6 (the tunnel carries both)
   ip netns exec $CLIENT_NS ping -c 3 $S
   ip netns exec $SERVER_NS ping -c 3 $C
+  ip netns exec $CLIENT_NS ping -c 3 ${SERVER_TUN_ADDR6%/*}
+  ip netns exec $SERVER_NS ping -c 3 ${CLIENT_TUN_ADDR6%/*}
 
   # Throughput through the tunnel (iperf3 server in the server namespace exits after one test)
   ip netns exec $SERVER_NS iperf3 -s -1 -D -B $S

@@ -156,5 +156,12 @@ check_ping() {
 }
 check_ping "ping client -> server" "$LAB_CLIENT_NS" "$LAB_CLIENT_TUN" "${LAB_SERVER_TUN_ADDR%/*}"
 check_ping "ping server -> client" "$LAB_SERVER_NS" "$LAB_SERVER_TUN" "${LAB_CLIENT_TUN_ADDR%/*}"
+# IPv6 inside the tunnel too, where the two ends are in namespaces of their own (in the flat
+# lab both addresses are local to one namespace, and IPv6 has no accept_local to force them
+# through the TUNs).
+if [ "$LAB_MODE" != flat ] && [ -n "${LAB_SERVER_TUN_ADDR6:-}" ]; then
+    check_ping "ping -6 client -> server" "$LAB_CLIENT_NS" "$LAB_CLIENT_TUN" "${LAB_SERVER_TUN_ADDR6%/*}"
+    check_ping "ping -6 server -> client" "$LAB_SERVER_NS" "$LAB_SERVER_TUN" "${LAB_CLIENT_TUN_ADDR6%/*}"
+fi
 
 finish
