@@ -207,6 +207,8 @@ def resolve_endpoint(endpoint: str) -> tuple[str, int]:
         infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
+    except UnicodeError:
+        raise UserError(f"cannot resolve server {host}: not a valid host name") from None
     return infos[0][4][0], port
 
 

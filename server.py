@@ -9,15 +9,15 @@
                   [--nat [--egress IFACE]] [--dns IP] [-v]
     server.py cleanup           # undo NAT rules and sysctls left by a crashed run
 
-Threads while running: one accepts connections; one reads the TUN and routes each packet to
-its client's queue; one watches the client registry; and per connection, one that runs the
-handshake and then receives (socket -> TUN), plus one sender (queue -> socket) per client.
+Threads while running: the gatekeeper accepts connections and runs every handshake in one
+selector loop (gatekeeper.py); one reads the TUN and routes each packet to its client's queue;
+one watches the client registry; and per authenticated client, a receiver (socket -> TUN)
+and a sender (queue -> socket). A stranger on the port never gets a thread.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import ipaddress
 import logging
@@ -30,24 +30,23 @@ from collections.abc import Callable
 import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
 from config import ClientRecord, ServerSettings, ServerState, encode_key, parse_endpoint
 from errors import UserError
+from gatekeeper import Gatekeeper
 from journal import Journal, journal_path
 from messages import ClientHello, SessionSettings
 from nat import enable_nat
 from netsetup import configure_interface
+from registry import ClientRegistry
 from runtime import StopSignal, add_cleanup_command, require_net_admin, run_main
-from session import Admission, HandshakeFailed, ReplayGuard, server_handshake, tune_carrier
+from session import Admission, Established, ReplayGuard, server_link
 from tundev import TunDevice, open_tun
 from tunlib import ClientSession, LinkClosed, PeerLink, ServerRouter, Waker, pump_queue_to_link
 
 log = logging.getLogger("server")
 
-MAX_PENDING_HANDSHAKES = 64
-"""Connections still in their handshake at once. Past this, new ones are closed at once, so
-a flood of idle connections cannot exhaust threads; established sessions are unaffected."""
 SHUTDOWN_JOIN_TIMEOUT = 1.0
 """All threads together get this long to finish at shutdown (the promise is 2 s in all)."""
-ACCEPT_RETRY_DELAY = 0.1
 REGISTRY_POLL_INTERVAL = 2.0
+"""How often the registry is rescanned: add-client and remove-client take effect this fast."""
 MAX_DNS_SERVERS = 3
 """glibc's resolver reads at most three nameserver lines (MAXNS)."""
 
@@ -59,6 +58,7 @@ class Server:
         self,
         *,
         state: ServerState,
+        private_key: bytes,
         settings: ServerSettings,
         listener: socket.socket,
         tun: TunDevice,
@@ -73,20 +73,17 @@ class Server:
         self.router = ServerRouter(tun, settings.server_interface.ip.packed, icmp_reply)
         self.waker = Waker()
         self.stopping = threading.Event()
-        self.pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+        self.registry = ClientRegistry(state.clients_dir)
+        self.registry.refresh()
         replay = ReplayGuard()
-        self.admission = Admission(state.private_key(), self.lookup, replay.is_new, replay.confirm, self.settings_for)
+        admission = Admission(private_key, self.registry.lookup, replay.is_new, replay.confirm, self.settings_for)
+        self.gatekeeper = Gatekeeper(listener, admission, self.start_session)
         self.threads: list[threading.Thread] = []
         self.connections: set[threading.Thread] = set()
-        """One thread per connection: its handshake, then its receiver."""
+        """One receiver thread per authenticated connection."""
         self.connections_lock = threading.Lock()
 
     # -- admission policy ---------------------------------------------------
-    def lookup(self, public_key: bytes) -> ClientRecord | None:
-        """Find a registered client by key, reading the state directory afresh each time,
-        so ``add-client`` and ``remove-client`` take effect without a restart."""
-        return next((c for c in self.state.readable_clients() if c.public_key == public_key), None)
-
     def settings_for(self, record: ClientRecord, _hello: ClientHello) -> SessionSettings:
         return SessionSettings(
             address=self._client_interface(record),
@@ -102,7 +99,7 @@ class Server:
     # -- threads ------------------------------------------------------------
     def start(self) -> None:
         self._spawn("tun-reader", self.router.pump_tun, self.waker)
-        self._spawn("acceptor", self.accept_loop)
+        self._spawn("gatekeeper", self.gatekeeper.run)
         self._spawn("registry-watch", self.watch_registry)
 
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> threading.Thread:
@@ -112,52 +109,34 @@ class Server:
         return thread
 
     def watch_registry(self) -> None:
-        """Close the sessions of clients removed from the registry while connected.
+        """Reload the registry when it changes; close the sessions of clients removed from it.
 
-        Handshakes read the registry anyway; this makes ``remove-client`` cut an established
-        session too (within REGISTRY_POLL_INTERVAL), as removing a WireGuard peer does.
+        Handshakes see the reloaded registry at once; closing makes ``remove-client`` cut an
+        established session too (within REGISTRY_POLL_INTERVAL), as removing a WireGuard peer does.
         """
         while not self.stopping.wait(REGISTRY_POLL_INTERVAL):
-            registered = {(c.public_key, c.address.packed) for c in self.state.readable_clients()}
+            if not self.registry.refresh():
+                continue
+            registered = {(c.public_key, c.address.packed) for c in self.registry.records()}
             for session in list(self.router.sessions.values()):
                 if (session.public_key, session.address) not in registered:
                     log.info("client %s is no longer registered; closing its session", session.name)
                     session.close()
 
-    def accept_loop(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                sock, peer = self.listener.accept()
-            except OSError as exc:
-                if self.stopping.is_set():
-                    return
-                log.warning("accept failed: %s", exc.strerror or exc)
-                self.stopping.wait(ACCEPT_RETRY_DELAY)  # e.g. out of file descriptors: don't spin
-                continue
-            if not self.pending.acquire(blocking=False):
-                log.warning("too many handshakes in progress; dropping connection from %s", peer[0])
-                sock.close()
-                continue
-            thread = threading.Thread(
-                target=self.serve_connection, args=(sock, peer), name=f"conn-{peer[0]}", daemon=True
-            )
-            with self.connections_lock:
-                self.connections.add(thread)
-            thread.start()
+    def start_session(self, sock: socket.socket, established: Established, where: str) -> None:
+        """Called by the gatekeeper for an authenticated client: its session gets its threads."""
+        thread = threading.Thread(
+            target=self._serve_session,
+            args=(established.record, established.settings, server_link(sock, established), where),
+            name=f"conn-{established.record.name}",
+            daemon=True,
+        )
+        with self.connections_lock:
+            self.connections.add(thread)
+        thread.start()
 
-    def serve_connection(self, sock: socket.socket, peer: tuple) -> None:
-        """Handshake, then run this client's session until it ends. Never raises."""
-        where = f"{peer[0]}:{peer[1]}"
+    def _serve_session(self, record: ClientRecord, settings: SessionSettings, link: PeerLink, where: str) -> None:
         try:
-            try:
-                tune_carrier(sock)
-                record, settings, link = server_handshake(sock, self.admission)
-            except (HandshakeFailed, OSError) as exc:
-                log.info("refused connection from %s: %s", where, exc)
-                sock.close()
-                return
-            finally:
-                self.pending.release()
             self.run_session(record, settings, link, where)
         finally:
             with self.connections_lock:
@@ -197,15 +176,14 @@ class Server:
     def log_stats(self) -> None:
         sessions = list(self.router.sessions.values())
         log.info("server stats: %s; clients connected: %d", self.router.counters.summary(), len(sessions))
+        log.info("admission: %s", self.gatekeeper.stats())
         for s in sessions:
             log.info("client %s stats: %s", s.name, s.stats())
 
     def stop(self) -> None:
         """Close everything in an order that wakes every thread, then remove the TUN."""
         self.stopping.set()
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
+        self.gatekeeper.stop()
         self.log_stats()  # while the sessions still exist
         for session in list(self.router.sessions.values()):
             session.close()
@@ -280,7 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     require_net_admin()
     state = ServerState(args.state_dir)
     settings = state.settings()
-    state.private_key()
+    private_key = state.private_key_for_run()
     if len(args.dns) > MAX_DNS_SERVERS:
         raise UserError(f"at most {MAX_DNS_SERVERS} --dns servers (the resolver reads no more)")
     stop = StopSignal()  # from here on, SIGTERM means "shut down in order", never "die"
@@ -295,6 +273,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             enable_nat(journal, settings.subnet, tun.name, args.egress)
         server = Server(
             state=state,
+            private_key=private_key,
             settings=settings,
             listener=listener,
             tun=tun,

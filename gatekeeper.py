@@ -1,0 +1,197 @@
+"""The server's front door: one thread and one selector for every connection in its handshake.
+
+Before, each accepted connection got a thread for its handshake, so whoever opened many idle
+connections cost the server a thread (and ~1 MB of buffers) each and filled the handshake
+pool. Here a connection in its handshake costs a socket, a small buffer and a
+:class:`session.ServerHandshake` in one selector loop, however many there are; only an
+authenticated client is handed on (with its socket switched back to blocking) to the threads
+of its session.
+
+The loop is a thin driver. Decisions live in pure code it calls: admission.SourceLimiter (who
+gets a slot: per-source rate and count, global bound evicting the oldest), session.ServerHandshake
+(what the bytes mean: mac1, Noise, registry, replay, key confirmation) and admission.RefusalTally
+(refusals are counted, and logged as one summary line at most every SUMMARY_INTERVAL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from admission import RefusalTally, SourceLimiter
+from session import Admission, Established, Refuse, Send, ServerHandshake, tune_carrier
+
+log = logging.getLogger("server")
+
+READ_CHUNK = 4096
+"""Bytes read per readable event: more than a whole handshake message (at most 1,029)."""
+SWEEP_INTERVAL = 0.25
+"""How often deadlines are checked: a connection is cut at most this late."""
+ACCEPT_BATCH = 64
+"""Connections accepted per wake-up before the loop serves the pending ones again."""
+ACCEPT_RETRY_DELAY = 0.1
+"""After accept() fails (e.g. out of file descriptors), pause rather than spin."""
+
+
+@dataclass(eq=False)
+class Pending:
+    """One connection in its handshake."""
+
+    sock: socket.socket
+    where: str
+    machine: ServerHandshake
+
+
+class Gatekeeper:
+    """Accepts connections and runs their handshakes until each is established or refused."""
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        admission: Admission,
+        on_established: Callable[[socket.socket, Established, str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.listener = listener
+        self.admission = admission
+        self.on_established = on_established
+        self.clock = clock
+        self.limiter = SourceLimiter()
+        self.tally = RefusalTally()
+        self.pending: set[Pending] = set()
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        """The loop; returns after :meth:`stop`. Closes every pending connection on the way out."""
+        listener = self.listener
+        listener.setblocking(False)
+        self._selector.register(listener, selectors.EVENT_READ, None)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
+        next_sweep = self.clock() + SWEEP_INTERVAL
+        try:
+            while not self._stopping.is_set():
+                for key, _events in self._selector.select(SWEEP_INTERVAL):
+                    if key.data is None:
+                        self._accept()
+                    elif isinstance(key.data, Pending):
+                        self._serve(key.data)
+                now = self.clock()
+                if now >= next_sweep:
+                    self._sweep(now)
+                    next_sweep = now + SWEEP_INTERVAL
+                summary = self.tally.summary(now)
+                if summary is not None:
+                    log.info("%s", summary)
+        finally:
+            for pending in list(self.pending):
+                self._close(pending)
+            self._selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (from any thread)."""
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def stats(self) -> str:
+        refused = ", ".join(f"{reason} {n}" for reason, n in sorted(self.tally.totals.items())) or "none"
+        return f"handshakes pending {len(self.pending)}, sources tracked {self.limiter.sources}, refused: {refused}"
+
+    # -- the steps ----------------------------------------------------------
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, peer = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.tally.add(f"accept-failed ({exc.strerror or exc})")
+                self._stopping.wait(ACCEPT_RETRY_DELAY)
+                return
+            self._admit(sock, peer)
+
+    def _admit(self, sock: socket.socket, peer: tuple) -> None:
+        now = self.clock()
+        pending = Pending(sock, f"{peer[0]}:{peer[1]}", ServerHandshake(self.admission, now))
+        decision = self.limiter.admit(pending, peer[0], now)
+        if decision.refused is not None:
+            self.tally.add(decision.refused)
+            sock.close()
+            return
+        for evicted in decision.evict:
+            assert isinstance(evicted, Pending)
+            self.tally.add("evicted")
+            self._close(evicted)
+        try:
+            sock.setblocking(False)
+            tune_carrier(sock)
+        except OSError:
+            self.tally.add("closed")
+            self.limiter.release(pending)
+            sock.close()
+            return
+        self.pending.add(pending)
+        self._selector.register(sock, selectors.EVENT_READ, pending)
+
+    def _serve(self, pending: Pending) -> None:
+        """Read what arrived and act on it. One connection's trouble never stops the loop."""
+        try:
+            data = pending.sock.recv(READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        try:
+            actions = pending.machine.receive(data) if data else [pending.machine.peer_closed()]
+            for action in actions:
+                if isinstance(action, Send):
+                    if pending.sock.send(action.data) != len(action.data):
+                        raise OSError("send buffer full during the handshake")
+                elif isinstance(action, Refuse):
+                    self._refuse(pending, action)
+                elif isinstance(action, Established):
+                    self._establish(pending, action)
+        except OSError as exc:
+            self._refuse(pending, Refuse("closed", f"connection failed during the handshake: {exc}"))
+        except Exception:
+            log.exception("bug: handshake with %s failed unexpectedly; closing that connection", pending.where)
+            self._refuse(pending, Refuse("internal-error", "unexpected exception"))
+
+    def _sweep(self, now: float) -> None:
+        for pending in list(self.pending):
+            refusal = pending.machine.expire(now)
+            if refusal is not None:
+                self._refuse(pending, refusal)
+        self.limiter.collect(now)
+
+    def _refuse(self, pending: Pending, refusal: Refuse) -> None:
+        if pending in self.pending:
+            self.tally.add(refusal.reason)
+            log.debug("refused connection from %s: %s", pending.where, refusal.detail)
+            self._close(pending)
+
+    def _establish(self, pending: Pending, established: Established) -> None:
+        self._forget(pending)
+        sock = pending.sock
+        sock.setblocking(True)
+        self.on_established(sock, established, pending.where)
+
+    def _forget(self, pending: Pending) -> None:
+        self.pending.discard(pending)
+        self.limiter.release(pending)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(pending.sock)
+
+    def _close(self, pending: Pending) -> None:
+        self._forget(pending)
+        pending.sock.close()
