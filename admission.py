@@ -37,7 +37,7 @@ MAX_PENDING = 256
 MAX_SOURCES = 8192
 """Sources tracked at once (WireGuard: TABLE_SIZE / 8 entries). A new source past this is
 refused until idle entries are collected, so the table itself cannot be grown without bound."""
-SUMMARY_INTERVAL = 10.0
+SUMMARY_INTERVAL = 5.0
 """Refused connections are logged as one summary line at most this often, never one line each."""
 
 

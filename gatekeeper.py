@@ -134,7 +134,6 @@ class Gatekeeper:
             self._close(evicted)
         try:
             sock.setblocking(False)
-            tune_carrier(sock)
         except OSError:
             self.tally.add("closed")
             self.limiter.release(pending)
@@ -183,7 +182,14 @@ class Gatekeeper:
     def _establish(self, pending: Pending, established: Established) -> None:
         self._forget(pending)
         sock = pending.sock
-        sock.setblocking(True)
+        try:
+            sock.setblocking(True)
+            tune_carrier(sock)  # only now: a stranger is not worth six setsockopt calls
+        except OSError as exc:
+            self.tally.add("closed")
+            log.debug("connection from %s failed after its handshake: %s", pending.where, exc)
+            sock.close()
+            return
         self.on_established(sock, established, pending.where)
 
     def _forget(self, pending: Pending) -> None:

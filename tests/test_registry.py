@@ -142,3 +142,11 @@ def test_temporary_files_are_ignored(state):
     (state.clients_dir / ".bob.json.tmp").write_text("{")
     (state.clients_dir / "notes.txt").write_text("hello")
     assert [r.name for r in registry_of(state).records()] == ["alice"]
+
+
+def test_a_key_just_added_is_found_without_waiting_for_the_watcher(state):
+    state.add_client("alice", None)
+    registry = registry_of(state)
+    bob, _ = state.add_client("bob", None)
+    assert registry.lookup(bob.public_key) == bob  # the directory changed: rescanned at once
+    assert registry.lookup(bytes(32)) is None  # unchanged since: no rescan, no disk read
