@@ -10,17 +10,20 @@ new client still connects and pings afterwards.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import signal
 import struct
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from netlab import SERVER_PORT, TunnelLab, send_and_read, wait_until
+from netlab import REPO, SERVER_PORT, TunnelLab, send_and_read, wait_until
 
 HANDSHAKE_TIMEOUT = 5.0
 """session.HANDSHAKE_TIMEOUT: how long the server waits for a complete handshake."""
@@ -131,3 +134,40 @@ def test_silent_strangers_do_not_hold_up_real_clients(lab: TunnelLab) -> None:
             _, seconds = future.result(timeout=60)
             assert seconds >= FIRST_BYTE_TIMEOUT - 0.5
     assert connected - start < HANDSHAKE_TIMEOUT, "bob got in only after the strangers were dropped"
+
+
+ATTACKERS = REPO / "bench" / "attackers.py"
+
+
+def server_threads(lab: TunnelLab) -> int:
+    status = Path(f"/proc/{lab.server_process.pid}/status").read_text()
+    return int(re.search(r"^Threads:\s+(\d+)", status, re.MULTILINE)[1])
+
+
+@pytest.mark.parametrize("drip", [False, True], ids=["idle", "slowloris"])
+def test_clients_connect_during_an_idle_connection_attack(lab: TunnelLab, drip: bool) -> None:
+    """256 connections held open from another namespace, re-opened as the server closes them:
+    every legitimate handshake still succeeds within 2 s, and the server gains no thread."""
+    attacker = lab.add_namespace(f"attacker-{'drip' if drip else 'idle'}")
+    link = lab.connect(lab.server, attacker)
+    threads = server_threads(lab)
+    command = [sys.executable, ATTACKERS, "idle", "--target", f"{link.address_a}:{SERVER_PORT}"]
+    command += ["--connections", "256", "--duration", "12", *(["--drip"] if drip else [])]
+    attack = attacker.spawn("attacker", *command)
+    try:
+        time.sleep(2.0)  # let it fill whatever it can
+        bob = lab.peers["bob"]
+        result = bob.ns.run(
+            sys.executable, ATTACKERS, "probe", "--profile", bob.profile, "--endpoint", bob.endpoint,
+            "--count", "10", "--interval", "0.3", timeout=60,
+        )  # fmt: skip
+        probe = json.loads(result.stdout.strip().splitlines()[-1])
+        assert probe["ok"] == probe["count"], probe
+        assert max(probe["times"]) < 2.0, probe
+        assert server_threads(lab) <= threads, "a connection in its handshake must cost no thread"
+        assert attack.returncode is None, attack.log()
+        assert lab.peers["alice"].ns.ping(lab.server_ip).all_answered
+    finally:
+        attack.wait(30)
+    report = json.loads(attack.log().strip().splitlines()[-1])
+    assert report["opened"] > 256, report  # it really did re-open what the server closed
