@@ -43,6 +43,8 @@ SUMMARY_INTERVAL = 5.0
 
 def source_of(address: str) -> str:
     """The limiter's key for a peer address: the IPv4 address, or the IPv6 /64."""
+    if ":" not in address:  # IPv4 as the kernel formats it: the usual case, and the hot path
+        return address
     ip = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:

@@ -47,6 +47,9 @@ SHUTDOWN_JOIN_TIMEOUT = 1.0
 """All threads together get this long to finish at shutdown (the promise is 2 s in all)."""
 REGISTRY_POLL_INTERVAL = 2.0
 """How often the registry is rescanned: add-client and remove-client take effect this fast."""
+LISTEN_BACKLOG = 4096
+"""Connections the kernel completes before we accept them (capped by net.core.somaxconn). Deep,
+so that a burst of strangers does not make the kernel drop a real client's SYN (a 1 s retry)."""
 MAX_DNS_SERVERS = 3
 """glibc's resolver reads at most three nameserver lines (MAXNS)."""
 
@@ -203,7 +206,7 @@ def bind_listener(listen: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-        sock.listen(128)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:

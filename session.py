@@ -112,6 +112,8 @@ def read_handshake_frame(sock: socket.socket, decoder: FrameDecoder, deadline: f
             count = sock.recv_into(decoder.free_space())
         except TimeoutError:
             raise HandshakeFailed("handshake timed out") from None
+        except ConnectionResetError:
+            count = 0  # the server resets what it refuses without a word: the same as a close
         except OSError as exc:
             raise HandshakeFailed(f"connection failed during handshake: {exc.strerror or exc}") from None
         if not count:

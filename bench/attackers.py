@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import selectors
+import signal
 import socket
 import struct
 import sys
@@ -41,6 +42,8 @@ from handshake import Initiator, generate_private_key, public_key
 from messages import ClientHello, tai64n
 from session import PROLOGUE, HandshakeFailed, client_handshake
 
+STOP = threading.Event()
+"""Set by SIGTERM or SIGINT: every mode then ends early and still prints its report."""
 MAX_DURATION = 600.0
 MAX_CONNECTIONS = 4096
 LINGER_RESET = struct.pack("ii", 1, 0)
@@ -84,7 +87,7 @@ def idle(args: argparse.Namespace) -> dict:
     for _ in range(args.connections):
         open_one()
     last_drip = time.monotonic()
-    while (now := time.monotonic()) < deadline:
+    while (now := time.monotonic()) < deadline and not STOP.is_set():
         for key, _ in selector.select(0.2):
             sock = key.fileobj
             try:
@@ -96,7 +99,7 @@ def idle(args: argparse.Namespace) -> dict:
                 sock.close()
                 stats["closed_by_server"] += 1
         stats["max_open"] = max(stats["max_open"], len(selector.get_map()))
-        while len(selector.get_map()) < args.connections and time.monotonic() < deadline:
+        while len(selector.get_map()) < args.connections and time.monotonic() < deadline and not STOP.is_set():
             open_one()
             if stats["failed"] > 10 * args.connections:
                 break
@@ -131,7 +134,7 @@ def flood(args: argparse.Namespace) -> dict:
     failures = [0] * args.workers
 
     def worker(index: int) -> None:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not STOP.is_set():
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
             sock.settimeout(1.0)
@@ -149,8 +152,8 @@ def flood(args: argparse.Namespace) -> dict:
     start = time.monotonic()
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(args.duration + 5)
+    while any(t.is_alive() for t in threads):  # the main thread must stay free for the signal handler
+        time.sleep(0.1)
     seconds = time.monotonic() - start
     sent = sum(counts)
     return {"sent": sent, "failed": sum(failures), "seconds": round(seconds, 2), "per_second": round(sent / seconds)}
@@ -166,6 +169,8 @@ def probe(args: argparse.Namespace) -> dict:
     times: list[float] = []
     errors: dict[str, int] = {}
     for _ in range(args.count):
+        if STOP.is_set():
+            break
         start = time.monotonic()
         try:
             with socket.create_connection((host, port), timeout=5) as sock:
@@ -202,6 +207,8 @@ def main() -> None:
     bounded(getattr(args, "connections", 1), MAX_CONNECTIONS, "--connections")
     bounded(getattr(args, "count", 1), 10_000, "--count")
     bounded(getattr(args, "workers", 1), 64, "--workers")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: STOP.set())
     result = {"idle": idle, "flood": flood, "probe": probe}[args.mode](args)
     print(json.dumps(result), flush=True)
 

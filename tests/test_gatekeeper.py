@@ -56,8 +56,20 @@ def gate():
     assert not thread.is_alive()
 
 
-def connect(address) -> socket.socket:
-    return socket.create_connection(address, timeout=5)
+def connect(address) -> socket.socket | None:
+    """A connection, or None if the server reset it at once (a refusal can beat connect's return)."""
+    try:
+        return socket.create_connection(address, timeout=5)
+    except ConnectionResetError:
+        return None
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """True once the server has closed or reset the connection (refusals are resets)."""
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
 
 
 def test_a_client_gets_through_while_strangers_hold_connections(gate):
@@ -76,20 +88,21 @@ def test_a_client_gets_through_while_strangers_hold_connections(gate):
         assert est.record == ALICE
         assert server_sock.getblocking()
         assert threading.active_count() == threads_before  # no thread per connection
-        assert len(keeper.pending) <= MAX_PENDING_PER_SOURCE
+        assert len(keeper.by_socket) <= MAX_PENDING_PER_SOURCE
         assert keeper.tally.totals["per-source"] + keeper.tally.totals["rate"] >= 20
         server_sock.close()
         sock.close()
     finally:
         for s in strangers:
-            s.close()
+            if s is not None:
+                s.close()
 
 
 def test_garbage_is_closed_silently_and_counted(gate):
     keeper, address, _ = gate
     with connect(address) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: vpn\r\n\r\n")
-        assert sock.recv(100) == b""
+        assert closed_by_server(sock)
     deadline = time.monotonic() + 5
     while keeper.tally.totals["foreign"] < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -101,6 +114,6 @@ def test_silent_connection_is_cut_at_the_first_byte_deadline(gate, monkeypatch):
     keeper, address, _ = gate
     with connect(address) as sock:
         start = time.monotonic()
-        assert sock.recv(100) == b""
+        assert closed_by_server(sock)
         assert 0.25 <= time.monotonic() - start < 2.0
     assert keeper.tally.totals["timeout"] == 1
