@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import selectors
 import socket
 import struct
@@ -67,8 +68,8 @@ class Gatekeeper:
         self.clock = clock
         self.limiter = SourceLimiter()
         self.tally = RefusalTally()
-        self.by_socket: dict[socket.socket, Pending] = {}
-        """Every connection in its handshake."""
+        self.pending: dict[int, Pending] = {}
+        """Every connection in its handshake, by file descriptor (the limiter's key for it)."""
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = threading.Event()
@@ -95,7 +96,7 @@ class Gatekeeper:
                 if summary is not None:
                     log.info("%s", summary)
         finally:
-            for pending in list(self.by_socket.values()):
+            for pending in list(self.pending.values()):
                 self._close(pending)
             self._selector.close()
             self._wake_r.close()
@@ -109,44 +110,43 @@ class Gatekeeper:
 
     def stats(self) -> str:
         refused = ", ".join(f"{reason} {n}" for reason, n in sorted(self.tally.totals.items())) or "none"
-        return f"handshakes pending {len(self.by_socket)}, sources tracked {self.limiter.sources}, refused: {refused}"
+        return f"handshakes pending {len(self.pending)}, sources tracked {self.limiter.sources}, refused: {refused}"
 
     # -- the steps ----------------------------------------------------------
     def _accept(self) -> None:
         now = self.clock()
+        accept = self.listener._accept  # CPython's accept() without the socket object: (fd, address)
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, peer = self.listener.accept()
+                fd, peer = accept()
             except BlockingIOError:
                 return
             except OSError as exc:
                 self.tally.add(f"accept-failed ({exc.strerror or exc})")
                 self._stopping.wait(ACCEPT_RETRY_DELAY)
                 return
-            self._admit(sock, peer, now)
+            self._admit(fd, peer, now)
 
-    def _admit(self, sock: socket.socket, peer: tuple, now: float) -> None:
-        """The hot path of a flood: a refusal here must cost as little as possible (no objects
-        beyond the socket, a reset instead of a FIN so the kernel keeps no state for it)."""
-        decision = self.limiter.admit(sock, peer[0], now)
+    def _admit(self, fd: int, peer: tuple, now: float) -> None:
+        """The hot path of a flood, so a refusal costs as little as possible: no Python object is
+        made for it (``_accept`` gives the bare descriptor), only the limiter's decision and a close."""
+        decision = self.limiter.admit(fd, peer[0], now)
         if decision.refused is not None:
             self.tally.add(decision.refused)
-            _reset(sock)
+            os.close(fd)
             return
         for evicted in decision.evict:
-            assert isinstance(evicted, socket.socket)
             self.tally.add("evicted")
-            self._close(self.by_socket[evicted])
+            self._close(self.pending[evicted])  # type: ignore[index]
+        sock = socket.socket(self.listener.family, self.listener.type, fileno=fd)
         pending = Pending(sock, f"{peer[0]}:{peer[1]}", ServerHandshake(self.admission, now))
+        self.pending[fd] = pending
         try:
             sock.setblocking(False)
-        except OSError:
+            self._selector.register(sock, selectors.EVENT_READ, pending)
+        except (OSError, ValueError):
             self.tally.add("closed")
-            self.limiter.release(sock)
-            sock.close()
-            return
-        self.by_socket[sock] = pending
-        self._selector.register(sock, selectors.EVENT_READ, pending)
+            self._close(pending)
 
     def _serve(self, pending: Pending) -> None:
         """Read what arrived and act on it. One connection's trouble never stops the loop."""
@@ -158,12 +158,14 @@ class Gatekeeper:
             data = b""
         try:
             actions = pending.machine.receive(data) if data else [pending.machine.peer_closed()]
+            said = False
             for action in actions:
                 if isinstance(action, Send):
                     if pending.sock.send(action.data) != len(action.data):
                         raise OSError("send buffer full during the handshake")
+                    said = True
                 elif isinstance(action, Refuse):
-                    self._refuse(pending, action)
+                    self._refuse(pending, action, reset=not said)  # a reset could discard a REJECT
                 elif isinstance(action, Established):
                     self._establish(pending, action)
         except OSError as exc:
@@ -173,17 +175,17 @@ class Gatekeeper:
             self._refuse(pending, Refuse("internal-error", "unexpected exception"))
 
     def _sweep(self, now: float) -> None:
-        for pending in list(self.by_socket.values()):
+        for pending in list(self.pending.values()):
             refusal = pending.machine.expire(now)
             if refusal is not None:
                 self._refuse(pending, refusal)
         self.limiter.collect(now)
 
-    def _refuse(self, pending: Pending, refusal: Refuse) -> None:
-        if pending.sock in self.by_socket:
+    def _refuse(self, pending: Pending, refusal: Refuse, reset: bool = True) -> None:
+        if self.pending.get(pending.sock.fileno()) is pending:
             self.tally.add(refusal.reason)
             log.debug("refused connection from %s: %s", pending.where, refusal.detail)
-            self._close(pending)
+            self._close(pending, reset)
 
     def _establish(self, pending: Pending, established: Established) -> None:
         self._forget(pending)
@@ -199,14 +201,20 @@ class Gatekeeper:
         self.on_established(sock, established, pending.where)
 
     def _forget(self, pending: Pending) -> None:
-        self.by_socket.pop(pending.sock, None)
-        self.limiter.release(pending.sock)
+        """Stop tracking a connection (before it is closed or handed on: its fd is the key)."""
+        fd = pending.sock.fileno()
+        if self.pending.get(fd) is pending:
+            del self.pending[fd]
+            self.limiter.release(fd)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(pending.sock)
 
-    def _close(self, pending: Pending) -> None:
+    def _close(self, pending: Pending, reset: bool = True) -> None:
         self._forget(pending)
-        _reset(pending.sock)
+        if reset:
+            _reset(pending.sock)
+        else:
+            pending.sock.close()
 
 
 def _reset(sock: socket.socket) -> None:

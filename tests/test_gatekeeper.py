@@ -88,7 +88,7 @@ def test_a_client_gets_through_while_strangers_hold_connections(gate):
         assert est.record == ALICE
         assert server_sock.getblocking()
         assert threading.active_count() == threads_before  # no thread per connection
-        assert len(keeper.by_socket) <= MAX_PENDING_PER_SOURCE
+        assert len(keeper.pending) <= MAX_PENDING_PER_SOURCE
         assert keeper.tally.totals["per-source"] + keeper.tally.totals["rate"] >= 20
         server_sock.close()
         sock.close()
