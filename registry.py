@@ -1,9 +1,12 @@
 """The running server's client registry: ``clients/*.json`` held in memory, reloaded on change.
 
 A handshake looks a client up by its public key in a dict, so it never reads a file and
-1,000 registered clients cost what 3 do. The server's watcher thread calls :meth:`refresh`
-every REGISTRY_POLL_INTERVAL; it compares each file's (inode, size, mtime, mode) with what it
-saw last time and re-reads only what changed. A lookup costs one ``stat`` of the directory
+1,000 registered clients cost what 3 do. A scan compares each file's (inode, size, mtime,
+mode) with what it saw last time and re-reads only what changed. The server's watcher thread
+calls :meth:`poll` every REGISTRY_POLL_INTERVAL: it scans when the directory has changed
+(``add-client`` and ``remove-client`` rename and unlink, which changes it) and otherwise only
+every FULL_SCAN_INTERVAL, to catch a record edited in place; so an idle registry of any size
+costs one ``stat`` per poll. A lookup costs one ``stat`` of the directory
 (metadata the kernel has cached): if the directory changed since the last scan (``add-client``
 and ``remove-client`` rename or unlink a record), it is rescanned first, so both take effect
 for the very next handshake. Only a sender that passed mac1 and Noise (three X25519
@@ -36,6 +39,8 @@ from errors import UserError
 
 log = logging.getLogger(__name__)
 
+FULL_SCAN_INTERVAL = 30.0
+"""Seconds between scans of an unchanged directory (an in-place edit does not change it)."""
 MAX_RECORD_SIZE = 4096
 """A record is about 150 bytes; a larger file is not one of ours."""
 RECORD_SUFFIX = ".json"
@@ -61,6 +66,7 @@ class ClientRegistry:
         self._by_key: dict[bytes, ClientRecord] = {}
         self._dir_error: str | None = None
         self._dir_mtime = 0
+        self._last_scan: float | None = None
         self._lock = threading.Lock()
         """One scan at a time (the watcher thread, or a lookup that missed)."""
 
@@ -70,13 +76,23 @@ class ClientRegistry:
         return self._by_key.get(public_key)
 
     def _dir_changed(self) -> bool:
+        if self._dir_error is not None:
+            return True  # the last scan failed: try again
         try:
             return os.stat(self.dir).st_mtime_ns != self._dir_mtime
         except OSError:
-            return False
+            return True  # gone or unreadable: let a scan find out and say so (once)
 
     def records(self) -> list[ClientRecord]:
         return list(self._by_key.values())
+
+    def poll(self, now: float) -> bool:
+        """The watcher's call: scan if the directory changed or the last scan is FULL_SCAN_INTERVAL
+        old (``now`` on any monotonic clock). Returns True if the registry changed."""
+        if self._last_scan is not None and now - self._last_scan < FULL_SCAN_INTERVAL and not self._dir_changed():
+            return False
+        self._last_scan = now
+        return self.refresh()
 
     def refresh(self) -> bool:
         """Scan the directory; re-read new and changed files. Returns True if the registry changed."""

@@ -118,7 +118,7 @@ class Server:
         established session too (within REGISTRY_POLL_INTERVAL), as removing a WireGuard peer does.
         """
         while not self.stopping.wait(REGISTRY_POLL_INTERVAL):
-            self.registry.refresh()  # a handshake may have refreshed it already: compare regardless
+            self.registry.poll(time.monotonic())  # a lookup may have rescanned already: compare regardless
             registered = {(c.public_key, c.address.packed) for c in self.registry.records()}
             for session in list(self.router.sessions.values()):
                 if (session.public_key, session.address) not in registered:

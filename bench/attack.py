@@ -73,6 +73,8 @@ STABLE_SESSION = 10.0
 backoff. bob's connection is cut only once its session is this old, so that the figure is the
 server's doing, not the client's backoff after the previous scenario's cut."""
 REGISTRY_SIZE = 1000
+REGISTRY_PROBE_INTERVAL = 0.06
+"""Between the registry scenario's handshakes: under the server's 20 per second per source."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SCENARIOS = (
@@ -110,8 +112,8 @@ class Timing:
     @classmethod
     def make(cls, quick: bool, seconds: int | None) -> Timing:
         if quick:
-            return cls(1.0, seconds or 2, 6, 0.2, 40)
-        return cls(3.0, seconds or 8, 30, 0.2, 200)
+            return cls(1.0, seconds or 2, 6, 0.2, 30)
+        return cls(3.0, seconds or 8, 30, 0.2, 100)
 
 
 @dataclass
@@ -196,23 +198,27 @@ class Attack:
         try:
             pid = self.server.pid
             if attack is not None:
-                cpu0, refused0 = cpu_seconds(pid), refused_so_far(self.server)
+                cpu0, refused0, attacker0 = cpu_seconds(pid), refused_so_far(self.server), cpu_seconds(attack.pid)
                 time.sleep(self.timing.attack_s)
                 cpu1, refused1 = cpu_seconds(pid), refused_so_far(self.server)
+                attacker_pct = round((cpu_seconds(attack.pid) - attacker0) / self.timing.attack_s * 100)
+                result.details["attacker_cpu_pct"] = attacker_pct
                 result.refused = refused1 - refused0
                 if result.refused:
                     result.cpu_us_per_refused = round((cpu1 - cpu0) / result.refused * 1e6, 1)
                 result.details["attack_cpu_pct"] = round((cpu1 - cpu0) / self.timing.attack_s * 100)
+            if attack is not None:
+                result.note = f"CPU server {result.details['attack_cpu_pct']} %, attacker {attacker_pct} %"
             self.measure(result)
             if name in ("idle", "slowloris", "idle16"):
-                result.note = f"bob cut: back in {self.cut_bob():.1f} s"
+                result.note += f"; bob cut: back in {self.cut_bob():.1f} s"
         finally:
             if attack is not None:
                 attack.stop()
                 with contextlib.suppress(ValueError, IndexError):
                     result.details["attacker"] = json.loads(attack.log().strip().splitlines()[-1])
         if name in ("garbage", "wrong-mac") and "attacker" in result.details:
-            result.note = f"{result.details['attacker'].get('per_second')} attempts/s"
+            result.note += f"; {result.details['attacker'].get('per_second')} attempts/s"
         return result
 
     def start_attack(self, name: str) -> netlab.Process | None:
@@ -333,7 +339,7 @@ class Attack:
         cpu0 = cpu_seconds(self.server.pid)
         run = self.carol.ns.run(
             sys.executable, ATTACKERS, "probe", "--profile", self.carol.profile, "--endpoint",
-            self.carol.endpoint, "--count", str(count), "--interval", "0.01", timeout=120,
+            self.carol.endpoint, "--count", str(count), "--interval", str(REGISTRY_PROBE_INTERVAL), timeout=120,
         )  # fmt: skip
         cpu = cpu_seconds(self.server.pid) - cpu0
         report = json.loads(run.stdout.strip().splitlines()[-1])
@@ -364,7 +370,10 @@ def render(results: list[Result], timing: Timing, quick: bool) -> str:
             f"{fmt(r.bob_mbit) + share:>20}  {fmt(r.ping_loss_pct):>11}  {fmt(r.rss_mb):>6}  "
             f"{fmt(r.threads):>7}  {fmt(r.refused):>7}  {fmt(r.cpu_us_per_refused):>14}  {r.note}"
         )
-    lines.append("connect ms: median/max of carol's handshakes; CPU us/refused: server CPU while the attack ran alone")
+    lines.append(
+        "connect ms: median/max of carol's handshakes. CPU us/refused and the CPU % in the notes (of one core):\n"
+        "measured while the attack ran alone, before the measurements."
+    )
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from config import ServerState, encode_key, write_private_file
-from registry import MAX_RECORD_SIZE, ClientRegistry
+from registry import FULL_SCAN_INTERVAL, MAX_RECORD_SIZE, ClientRegistry
 
 
 @pytest.fixture
@@ -150,3 +150,19 @@ def test_a_key_just_added_is_found_without_waiting_for_the_watcher(state):
     bob, _ = state.add_client("bob", None)
     assert registry.lookup(bob.public_key) == bob  # the directory changed: rescanned at once
     assert registry.lookup(bytes(32)) is None  # unchanged since: no rescan, no disk read
+
+
+def test_poll_scans_a_changed_directory_at_once_and_an_unchanged_one_rarely(state, monkeypatch):
+    alice, _ = state.add_client("alice", None)
+    registry = ClientRegistry(state.clients_dir)
+    assert registry.poll(0.0) is True  # the first poll scans
+    scans = []
+    monkeypatch.setattr(registry, "_scan", lambda: scans.append(1) or False)
+    registry.poll(2.0)
+    assert scans == []  # unchanged: one stat, no scan
+    registry.poll(FULL_SCAN_INTERVAL + 0.1)
+    assert scans == [1]  # in-place edits are caught by the periodic full scan
+    monkeypatch.undo()
+    state.remove_client("alice")
+    assert registry.poll(FULL_SCAN_INTERVAL + 2.0) is True  # changed: scanned at once
+    assert registry.lookup(alice.public_key) is None
