@@ -38,6 +38,8 @@ MAX_SOURCES = 8192
 """Sources tracked at once (WireGuard: TABLE_SIZE / 8 entries). A new source past this is
 refused until idle entries are collected, so the table itself cannot be grown without bound."""
 SUMMARY_INTERVAL = 5.0
+LIMIT_REFUSALS = frozenset({"per-source", "rate", "too-many-sources", "evicted"})
+"""The refusal reasons that mean "over a limit" (the others: the handshake itself failed)."""
 """Refused connections are logged as one summary line at most this often, never one line each."""
 
 

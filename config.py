@@ -4,6 +4,8 @@ Server state directory (created by ``server.py init``, mode 0700)::
 
     DIR/server.json         settings: subnet, listen address, endpoint, MTU
     DIR/server.key          the server's X25519 private key, base64, mode 0600
+    DIR/run.json            ``run`` options stored by ``server.py set`` (0600); flags override them
+    DIR/control.sock        the running server's status socket (``server.py status``)
     DIR/clients/NAME.json   one registered client: public key, preshared key, address (0600)
 
 The server never stores a client's private key: ``add-client`` prints it once, inside the
@@ -16,6 +18,7 @@ profile, and forgets it. A profile is an INI file in the spirit of a WireGuard c
     PublicKey = <base64>
     PresharedKey = <base64>
     Endpoint = vpn.example.com:55555
+    Endpoint = vpn2.example.com:443       (optional: more servers to fail over to)
 
 Everything read from disk is validated here and turned into a :class:`~errors.UserError` with
 one clear line, so the programs never show a traceback for a bad file.
@@ -109,6 +112,18 @@ def _check_host(host: str, text: str) -> None:
         name.encode("idna")
     except UnicodeError:
         raise UserError(f"bad host in {text!r}: not a valid host name") from None
+
+
+def resolve_endpoint(endpoint: str) -> tuple[str, int]:
+    """Resolve the server's name once, before DNS or routes change, and pin the address."""
+    host, port = parse_endpoint(endpoint)
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
+    except UnicodeError:
+        raise UserError(f"cannot resolve server {host}: not a valid host name") from None
+    return infos[0][4][0], port
 
 
 def format_endpoint(host: str, port: int) -> str:
@@ -228,6 +243,7 @@ class ServerState:
         self.settings_path = self.dir / "server.json"
         self.key_path = self.dir / "server.key"
         self.clients_dir = self.dir / "clients"
+        self.run_path = self.dir / "run.json"
 
     # -- init ---------------------------------------------------------------
     def init(self, subnet: str | None, listen: str | None, endpoint: str | None) -> bool:
@@ -256,6 +272,14 @@ class ServerState:
             self.settings_path.write_text(json.dumps(settings, indent=2) + "\n")
             created = True
         return created
+
+    # -- stored run options (server.py set) ---------------------------------
+    def run_options(self) -> dict:
+        """The ``run`` options stored by ``server.py set`` (DIR/run.json), as JSON values."""
+        return _read_json(self.run_path) if self.run_path.exists() else {}
+
+    def save_run_options(self, options: dict) -> None:
+        write_private_file(self.run_path, json.dumps(options, indent=2, sort_keys=True) + "\n")
 
     # -- reading ------------------------------------------------------------
     def _require_init(self) -> None:
@@ -382,6 +406,29 @@ def _default_endpoint(listen: str) -> str:
     return f"{host}:{port}"
 
 
+def split_endpoints(text: str) -> tuple[str, list[str]]:
+    """Take the repeated ``Endpoint`` lines of ``[Server]`` out of a profile's text.
+
+    Returns the text with every ``Endpoint`` line but the first removed (so ``configparser``,
+    which refuses repeated keys, still rejects every other duplicate), and the values of all
+    of them, in order. A profile may list several servers, as OpenVPN allows several
+    ``remote`` lines.
+    """
+    section, kept, values = "", [], []
+    for raw in text.splitlines(keepends=True):
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        else:
+            key, sep, value = line.partition("=")
+            if section == "Server" and sep and not raw[:1].isspace() and key.strip().lower() == "endpoint":
+                values.append(value.strip())
+                if len(values) > 1:
+                    continue
+        kept.append(raw)
+    return "".join(kept), values
+
+
 @dataclass(frozen=True)
 class Profile:
     """Everything a client needs to reach its server."""
@@ -391,6 +438,13 @@ class Profile:
     server_public_key: bytes
     psk: bytes
     endpoint: str
+    more_endpoints: tuple[str, ...] = ()
+    """Further ``Endpoint =`` lines: other servers (or ports) that accept this profile."""
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every endpoint, in the profile's order: the candidates ``client.py connect`` tries."""
+        return (self.endpoint, *self.more_endpoints)
 
     def render(self, address_hint: str) -> str:
         return (
@@ -403,13 +457,13 @@ class Profile:
             f"\n"
             f"[Server]\n"
             f"PublicKey = {encode_key(self.server_public_key)}\n"
-            f"PresharedKey = {encode_key(self.psk)}\n"
-            f"Endpoint = {self.endpoint}\n"
+            f"PresharedKey = {encode_key(self.psk)}\n" + "".join(f"Endpoint = {e}\n" for e in self.endpoints)
         )
 
     @classmethod
     def parse(cls, text: str, source: str) -> Profile:
         parser = configparser.ConfigParser(interpolation=None)
+        text, endpoints = split_endpoints(text)
         try:
             parser.read_string(text, source=source)
             client, server = parser["Client"], parser["Server"]
@@ -417,16 +471,17 @@ class Profile:
             private = decode_key(client["PrivateKey"], f"{source}: [Client] PrivateKey")
             server_key = decode_key(server["PublicKey"], f"{source}: [Server] PublicKey")
             psk = decode_key(server["PresharedKey"], f"{source}: [Server] PresharedKey")
-            endpoint = server["Endpoint"]
+            endpoints = endpoints or [server["Endpoint"]]
         except configparser.Error as exc:
             raise UserError(f"{source}: not a valid profile ({exc.message.splitlines()[0]})") from None
         except KeyError as exc:
             raise UserError(f"{source}: not a valid profile (missing {exc})") from None
-        try:
-            parse_endpoint(endpoint)
-        except UserError as exc:
-            raise UserError(f"{source}: [Server] Endpoint: {exc}") from None
-        return cls(name, private, server_key, psk, endpoint)
+        for endpoint in endpoints:
+            try:
+                parse_endpoint(endpoint)
+            except UserError as exc:
+                raise UserError(f"{source}: [Server] Endpoint: {exc}") from None
+        return cls(name, private, server_key, psk, endpoints[0], tuple(endpoints[1:]))
 
     @classmethod
     def load(cls, path: str) -> Profile:
