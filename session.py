@@ -5,8 +5,8 @@ bytes). The server's side, :class:`ServerHandshake`, does no I/O at all: it take
 returns actions, so one selector loop (gatekeeper.py) runs every pending handshake at once::
 
     client                                         server
-      | -- HANDSHAKE_INIT   (Noise msg 1: hello,  |  check mac1 (one hash), then
-      |                      then mac1) -------->  |  decrypt, look up client key,
+      | -- HANDSHAKE_INIT (Noise msg 1: hello,        |  check mac1 (one hash), then
+      |                    then mac1) ------------->  |  decrypt, look up client key,
       |                                               |  check the timestamp is newer
       | <-- HANDSHAKE_RESPONSE (msg 2: settings) ---  |
       | -- DATA, empty (key confirmation) --------->  |  record the timestamp, route to

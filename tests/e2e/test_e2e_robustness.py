@@ -165,9 +165,15 @@ def test_clients_connect_during_an_idle_connection_attack(lab: TunnelLab, drip: 
         assert probe["ok"] == probe["count"], probe
         assert max(probe["times"]) < 2.0, probe
         assert server_threads(lab) <= threads, "a connection in its handshake must cost no thread"
+        client = lab.start_client(bob)  # and client.py itself gets in (it used to exit 2)
+        try:
+            assert bob.ns.ping(lab.server_ip).all_answered
+        finally:
+            assert client.stop() == 0
         assert attack.returncode is None, attack.log()
         assert lab.peers["alice"].ns.ping(lab.server_ip).all_answered
     finally:
+        attack.send_signal(signal.SIGTERM)  # it stops early and still reports
         attack.wait(30)
     report = json.loads(attack.log().strip().splitlines()[-1])
     assert report["opened"] > 256, report  # it really did re-open what the server closed
