@@ -20,9 +20,9 @@ connection is taken then, when nothing else runs), and then, with the attack sti
 * bob pings the server's tunnel address every 50 ms: loss;
 * the server's RSS and thread count are sampled (maximum reported).
 
-For the idle-connection attacks, bob's connection is then cut (``ss -K`` in the server's
-namespace), once his session is old enough to be redialled without backoff, and the time
-until bob's client has reconnected is reported.
+For the idle-connection attacks, alice's or bob's connection (whichever is older) is then cut
+(``ss -K`` in the server's namespace), once old enough to be redialled without backoff, and
+the time until that client has reconnected is reported.
 
 Scenarios: ``baseline``; ``idle`` and ``slowloris`` (256 connections from one host);
 ``idle16`` (the same from 16 addresses); ``garbage`` and ``wrong-mac`` (message-1 floods from
@@ -70,7 +70,7 @@ EXTRA_SOURCES = ipaddress.IPv4Network("198.51.100.0/27")
 IPERF_PORT, IPERF_FLOOD_CLIENT_PORT, IPERF_FLOOD_SERVER_PORT = 5201, 5202, 5203
 STABLE_SESSION = 10.0
 """client.STABLE_SESSION: a client whose session lasted this long reconnects at once, without
-backoff. bob's connection is cut only once its session is this old, so that the figure is the
+backoff. A connection is cut only once its session is this old, so that the figure is the
 server's doing, not the client's backoff after the previous scenario's cut."""
 REGISTRY_SIZE = 1000
 REGISTRY_PROBE_INTERVAL = 0.06
@@ -112,7 +112,7 @@ class Timing:
     @classmethod
     def make(cls, quick: bool, seconds: int | None) -> Timing:
         if quick:
-            return cls(1.0, seconds or 2, 6, 0.2, 30)
+            return cls(1.0, seconds or 2, 6, 0.2, 50)
         return cls(3.0, seconds or 8, 30, 0.2, 100)
 
 
@@ -182,7 +182,7 @@ class Attack:
             ns.run("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000")
         lab.start_client(self.alice)
         lab.start_client(self.bob)
-        self.bob_connected = time.monotonic()
+        self.connected_at = {"alice": time.monotonic(), "bob": time.monotonic()}
         iperf_servers = [(lab.server, IPERF_PORT), (lab.server, IPERF_FLOOD_SERVER_PORT)]
         for ns, port in [*iperf_servers, (self.bob.ns, IPERF_FLOOD_CLIENT_PORT)]:
             ns.spawn(f"iperf3-s-{port}", "iperf3", "-s", "-p", port, "--forceflush").wait_for_log("Server listening")
@@ -211,7 +211,8 @@ class Attack:
                 result.note = f"CPU server {result.details['attack_cpu_pct']} %, attacker {attacker_pct} %"
             self.measure(result)
             if name in ("idle", "slowloris", "idle16"):
-                result.note += f"; bob cut: back in {self.cut_bob():.1f} s"
+                name, seconds = self.cut_client()
+                result.note += f"; {name} cut: back in {seconds:.1f} s"
         finally:
             if attack is not None:
                 attack.stop()
@@ -283,20 +284,22 @@ class Attack:
             data = json.loads(iperf.log()[iperf.log().index("{") :])
             result.bob_mbit = round(data["end"]["sum_received"]["bits_per_second"] / 1e6)
 
-    def cut_bob(self) -> float:
-        """Destroy bob's carrier connection on the server; seconds until bob has reconnected."""
-        process = self.bob.process
+    def cut_client(self) -> tuple[str, float]:
+        """Destroy the carrier connection of whichever of alice and bob has had its session
+        longer, on the server; (name, seconds until its client has reconnected)."""
+        peer = min((self.alice, self.bob), key=lambda p: self.connected_at[p.name])
+        process = peer.process
         assert process is not None
-        time.sleep(max(0.0, self.bob_connected + STABLE_SESSION + 0.5 - time.monotonic()))
+        time.sleep(max(0.0, self.connected_at[peer.name] + STABLE_SESSION + 0.5 - time.monotonic()))
         before = process.log().count("reconnected to")
         start = time.monotonic()
-        self.lab.server.run("ss", "-K", "dst", self.bob.link.address_b, "sport", "=", f":{netlab.SERVER_PORT}")
+        self.lab.server.run("ss", "-K", "dst", peer.link.address_b, "sport", "=", f":{netlab.SERVER_PORT}")
         try:
-            netlab.wait_until(lambda: process.log().count("reconnected to") > before, 30, "bob to reconnect")
+            netlab.wait_until(lambda: process.log().count("reconnected to") > before, 30, f"{peer.name} to reconnect")
         except TimeoutError:
-            return float("nan")
-        self.bob_connected = time.monotonic()
-        return self.bob_connected - start
+            return peer.name, float("nan")
+        self.connected_at[peer.name] = time.monotonic()
+        return peer.name, self.connected_at[peer.name] - start
 
     # -- registry size ---------------------------------------------------------
     def registry(self, result: Result) -> None:
