@@ -160,9 +160,12 @@ def refused_so_far(server: netlab.Process) -> int:
 
 
 class Attack:
-    def __init__(self, lab: AttackLab, timing: Timing) -> None:
+    def __init__(self, lab: AttackLab, timing: Timing, attacker_nice: int = 0) -> None:
         self.lab = lab
         self.timing = timing
+        self.attacker_nice = attacker_nice
+        """Niceness of the stranger attackers: on a shared machine, a high value stands in for an
+        attacker on a machine of its own (its CPU is then not taken from the tunnel)."""
         self.baseline_mbit: float | None = None
 
     def build(self) -> None:
@@ -226,7 +229,7 @@ class Attack:
         """The attacker process, or None for the baseline. Its own deadline ends it in any case."""
         bound = str(self.timing.attack_s + self.timing.measure_s + 30)
         target = f"{self.attacker_link.address_a}:{netlab.SERVER_PORT}"
-        tool = [sys.executable, ATTACKERS]
+        tool = ["nice", "-n", str(self.attacker_nice), sys.executable, ATTACKERS]
         if name in ("idle", "slowloris"):
             argv = [*tool, "idle", "--target", target, "--connections", "256", "--duration", bound]
             return self.attacker.spawn(name, *argv, *(["--drip"] if name == "slowloris" else []))
@@ -357,11 +360,11 @@ def fmt(value: object) -> str:
     return "-" if value is None or value == "" else str(value)
 
 
-def render(results: list[Result], timing: Timing, quick: bool) -> str:
+def render(results: list[Result], timing: Timing, quick: bool, nice: int) -> str:
     baseline = next((r.bob_mbit for r in results if r.name == "baseline"), None)
     header = (
-        f"tunlib under attack ({'quick' if quick else 'full'}: attack alone {timing.attack_s} s, "
-        f"then {timing.measure_s} s of measurements)\n"
+        f"tunlib under attack ({'quick' if quick else 'full'}, attackers at nice {nice}: "
+        f"attack alone {timing.attack_s} s, then {timing.measure_s} s of measurements)\n"
         "scenario      legit ok  connect ms   bob Mbit/s (vs base)  ping loss %  RSS MB  threads  "
         "refused  CPU us/refused  note"
     )
@@ -389,6 +392,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs: under 60 s in all")
     parser.add_argument("--seconds", type=int, help="measurement time per scenario (default 8, quick 3)")
     parser.add_argument("--only", help=f"comma-separated scenarios (baseline always runs): {','.join(SCENARIOS)}")
+    parser.add_argument(
+        "--attacker-nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="N",
+        help="run the strangers' attack programs at this niceness (0-19): 19 comes closer to an attacker "
+        "on its own machine, whose CPU the tunnel does not share",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "attack.json")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -418,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     status, lab, started = 0, None, time.monotonic()
     try:
         lab = AttackLab(subnet=SUBNET)
-        bench = Attack(lab, timing)
+        bench = Attack(lab, timing, args.attacker_nice)
         bench.build()
         for name in names:
             log.info("scenario %s", name)
@@ -442,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             if lab.leftovers():
                 log.error("teardown left %s", lab.leftovers())
                 status = status or 1
-    table = render(results, timing, args.quick) + f"\n(wall time {time.monotonic() - started:.0f} s)"
+    wall = f"\n(wall time {time.monotonic() - started:.0f} s)"
+    table = render(results, timing, args.quick, args.attacker_nice) + wall
     print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.with_suffix(".txt").write_text(table + "\n")
