@@ -21,10 +21,10 @@ import os
 import selectors
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from admission import RefusalTally, SourceLimiter
 from session import Admission, Established, Refuse, Send, ServerHandshake, tune_carrier
@@ -41,6 +41,15 @@ ACCEPT_RETRY_DELAY = 0.1
 LINGER_RESET = struct.pack("ii", 1, 0)
 """SO_LINGER on, timeout 0: close() sends a RST."""
 """After accept() fails (e.g. out of file descriptors), pause rather than spin."""
+
+
+class StopFlag(Protocol):
+    """What the loop needs of the server's stop flag (runtime.StopSignal): a descriptor that
+    polls readable once it is raised, so the selector wakes for it."""
+
+    def fileno(self) -> int: ...
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 @dataclass(eq=False)
@@ -60,6 +69,7 @@ class Gatekeeper:
         listener: socket.socket,
         admission: Admission,
         on_established: Callable[[socket.socket, Established, str], None],
+        stop: StopFlag,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listener = listener
@@ -70,19 +80,19 @@ class Gatekeeper:
         self.tally = RefusalTally()
         self.pending: dict[int, Pending] = {}
         """Every connection in its handshake, by file descriptor (the limiter's key for it)."""
+        self.stop = stop
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._stopping = threading.Event()
 
     def run(self) -> None:
-        """The loop; returns after :meth:`stop`. Closes every pending connection on the way out."""
+        """The loop; returns once the stop flag is raised (its descriptor wakes the selector).
+        Closes every pending connection on the way out."""
         listener = self.listener
         listener.setblocking(False)
         self._selector.register(listener, selectors.EVENT_READ, None)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
+        self._selector.register(self.stop.fileno(), selectors.EVENT_READ, self.stop)
         next_sweep = self.clock() + SWEEP_INTERVAL
         try:
-            while not self._stopping.is_set():
+            while not self.stop.is_set():
                 for key, _events in self._selector.select(SWEEP_INTERVAL):
                     if key.data is None:
                         self._accept()
@@ -99,14 +109,6 @@ class Gatekeeper:
             for pending in list(self.pending.values()):
                 self._close(pending)
             self._selector.close()
-            self._wake_r.close()
-            self._wake_w.close()
-
-    def stop(self) -> None:
-        """Ask :meth:`run` to return (from any thread)."""
-        self._stopping.set()
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
 
     def stats(self) -> str:
         refused = ", ".join(f"{reason} {n}" for reason, n in sorted(self.tally.totals.items())) or "none"
@@ -123,7 +125,7 @@ class Gatekeeper:
                 return
             except OSError as exc:
                 self.tally.add(f"accept-failed ({exc.strerror or exc})")
-                self._stopping.wait(ACCEPT_RETRY_DELAY)
+                self.stop.wait(ACCEPT_RETRY_DELAY)
                 return
             self._admit(fd, peer, now)
 

@@ -6,7 +6,8 @@
     server.py list-clients --state-dir DIR
     server.py remove-client NAME --state-dir DIR
     server.py run --state-dir DIR [--listen HOST:PORT] [--tun tun0] [--icmp-reply] [--no-offload]
-                  [--nat [--egress IFACE]] [--dns IP] [--rekey-after SECONDS] [--keepalive SECONDS] [-v]
+                  [--isolate-clients] [--nat [--egress IFACE]] [--dns IP]
+                  [--rekey-after SECONDS] [--keepalive SECONDS] [-v]
     server.py set --state-dir DIR [any run option ...] [--unset OPTION]   # stored; run uses them
     server.py status --state-dir DIR [--json]    # what the running server sees, like 'wg show'
     server.py cleanup           # undo NAT rules and sysctls left by a crashed run
@@ -34,7 +35,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
+import interpreter
+
+if __name__ == "__main__":
+    interpreter.use_project_venv()  # first: re-runs us under .venv if this Python lacks the requirements
+
 from admission import LIMIT_REFUSALS
 from config import ClientRecord, ServerSettings, ServerState, encode_key, format_endpoint, parse_endpoint
 from control import ControlError, Request, drop_counters, iso_time, request
@@ -56,7 +61,6 @@ from tunlib import (
     PeerLink,
     ServerRouter,
     SessionEnd,
-    Waker,
     pump_queue_to_link,
     run_supervised,
     supervise,
@@ -90,9 +94,11 @@ class Server:
         tun: TunDevice,
         icmp_reply: bool,
         dns: tuple[ipaddress.IPv4Address, ...],
+        isolate_clients: bool = False,
         rekey_after: float | None = None,
         keepalive: float | None = None,
         on_failure: Callable[[], None] = lambda: None,
+        stop: StopSignal | None = None,
     ) -> None:
         self.state = state
         self.rekey_after = rekey_after
@@ -105,14 +111,15 @@ class Server:
         self.settings = settings
         self.listener = listener
         self.tun = tun
-        self.router = ServerRouter(tun, settings.server_interface.ip.packed, icmp_reply)
-        self.waker = Waker()
-        self.stopping = threading.Event()
+        self.router = ServerRouter(tun, settings.server_interface.ip.packed, icmp_reply, isolate_clients)
+        self.stopping = stop if stop is not None else StopSignal(handle_signals=False)
+        """The one stop flag: raised by a signal, a failed server-wide thread or :meth:`stop`; the
+        TUN reader polls it, every other thread checks or waits on it."""
         self.registry = ClientRegistry(state.clients_dir)
         self.registry.refresh()
         replay = ReplayGuard()
         self.admission = Admission(private_key, self.registry.lookup, replay.is_new, replay.confirm, self.settings_for)
-        self.gatekeeper = Gatekeeper(listener, self.admission, self.start_session)
+        self.gatekeeper = Gatekeeper(listener, self.admission, self.start_session, self.stopping)
         self.threads: list[threading.Thread] = []
         self.connections: set[threading.Thread] = set()
         """One receiver thread per authenticated connection."""
@@ -137,7 +144,7 @@ class Server:
 
     # -- threads ------------------------------------------------------------
     def start(self) -> None:
-        self._spawn("tun-reader", self.router.pump_tun, self.waker)
+        self._spawn("tun-reader", self.router.pump_tun, self.stopping)
         self._spawn("gatekeeper", self.gatekeeper.run)
         self._spawn("registry-watch", self.watch_registry)
 
@@ -284,11 +291,9 @@ class Server:
     def stop(self) -> None:
         """Close everything in an order that wakes every thread, then remove the TUN."""
         self.stopping.set()
-        self.gatekeeper.stop()
         self.log_stats()  # while the sessions still exist
         for session in list(self.router.sessions.values()):
             session.close()
-        self.waker.wake()
         with self.connections_lock:
             connections = list(self.connections)
         deadline = time.monotonic() + SHUTDOWN_JOIN_TIMEOUT
@@ -300,7 +305,6 @@ class Server:
             log.error("threads still running at shutdown: %s", ", ".join(lingering))
             return
         self.tun.close()
-        self.waker.close()
 
 
 def bind_listener(listen: str) -> socket.socket:
@@ -388,9 +392,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             tun=tun,
             icmp_reply=args.icmp_reply,
             dns=tuple(args.dns),
+            isolate_clients=args.isolate_clients,
             rekey_after=args.rekey_after,
             keepalive=args.keepalive,
             on_failure=stop.set,
+            stop=stop,
         )
         stop.on_usr1(server.log_stats)
         server.start()
@@ -400,12 +406,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.warning("no status socket, 'server.py status' will not work: %s", exc)
             control = None
         log.info(
-            "serving on %s, %s %s in %s mode%s",
+            "serving on %s, %s %s in %s mode%s%s",
             args.listen or settings.listen,
             tun.name,
             settings.server_interface,
             "offload" if tun.offload else "plain",
             ", answering pings in user space" if args.icmp_reply else "",
+            ", clients isolated from each other" if args.isolate_clients else "",
         )
         sd_notify("READY=1")
         stop.wait()
@@ -480,6 +487,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "tun": "tun0",
     "icmp_reply": False,
     "no_offload": False,
+    "isolate_clients": False,
     "nat": False,
     "egress": None,
     "dns": [],
@@ -503,6 +511,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--no-offload", action="store_true", default=absent, help="plain mode: one packet per frame, no TUN offloads"
+    )
+    p.add_argument(
+        "--isolate-clients",
+        action="store_true",
+        default=absent,
+        help="drop (and count as dropped_isolated) packets from one client to another; default: they reach each other",
     )
     p.add_argument(
         "--nat", action="store_true", default=absent, help="be the clients' internet gateway: forward and masquerade"

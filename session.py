@@ -32,6 +32,7 @@ from framing import (
     HEADER,
     HEADER_LEN,
     MAC1_LEN,
+    MAX_FRAME_BODY,
     MAX_HANDSHAKE_BODY,
     FirstFrame,
     FrameDecoder,
@@ -97,7 +98,6 @@ def read_handshake_frame(sock: socket.socket, decoder: FrameDecoder, deadline: f
     Bytes after that frame stay in ``decoder`` for the data path (a fast peer may send DATA
     right behind its handshake message).
     """
-    decoder.max_body = MAX_HANDSHAKE_BODY
     while True:
         try:
             for frame_type, _header, body in decoder.frames():
@@ -128,12 +128,14 @@ def read_handshake_frame(sock: socket.socket, decoder: FrameDecoder, deadline: f
 
 
 def dial(endpoint: str) -> socket.socket:
-    """Connect to ``HOST:PORT``; an unreachable server is a :class:`UserError`."""
+    """Connect to ``IP:PORT``; an unreachable server is a :class:`UserError`.
+
+    The client resolved the server's name once, before it changed routes or DNS
+    (``client.resolve_endpoint``), so ``endpoint`` holds an address and nothing is resolved here.
+    """
     host, port = parse_endpoint(endpoint)
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-    except socket.gaierror as exc:
-        raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
     except TimeoutError:
         raise UserError(f"server {host}:{port} is unreachable: connection timed out") from None
     except OSError as exc:
@@ -169,6 +171,7 @@ def client_handshake(sock: socket.socket, profile: Profile) -> tuple[SessionSett
     except MessageError as exc:
         raise HandshakeFailed(f"bad session settings from the server: {exc}") from None
     sock.settimeout(None)
+    decoder.max_body = MAX_FRAME_BODY  # our decoder: the session limit from the next byte on (PROTOCOL.md 3.1)
     link = PeerLink(sock, SendState(keys.send_key), ReceiveState(keys.recv_key), decoder)
     try:
         with link.send_lock:  # key confirmation: proves to the server that we hold the psk
@@ -398,8 +401,12 @@ class ServerHandshake:
 def server_link(sock: socket.socket, established: Established) -> PeerLink:
     """The data path's link for a connection whose handshake finished (``sock`` blocking again).
 
-    The bytes that followed the key confirmation in its read go first into the new decoder.
+    The bytes that followed the key confirmation in its read go first into the new decoder, which
+    has the session's frame limit from its first byte on (PROTOCOL.md 3.1). They are at most one
+    read's worth, far less than the decoder's buffer.
     """
-    decoder = FrameDecoder(MAX_HANDSHAKE_BODY, RECV_BUFFER_SIZE)
-    decoder.feed(established.leftover)
+    decoder = FrameDecoder(MAX_FRAME_BODY, RECV_BUFFER_SIZE)
+    leftover = established.leftover
+    decoder.free_space()[: len(leftover)] = leftover
+    decoder.commit(len(leftover))
     return PeerLink(sock, SendState(established.keys.send_key), established.receive, decoder)

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """tunlib under attack: what strangers and a rogue client cost the server and its clients.
 
-    flock /tmp/tunlib-bench.lock .venv/bin/python bench/attack.py [--quick] [--seconds S] [--only NAME,...]
+    flock /tmp/tunlib-bench.lock .venv/bin/python -m bench.attack [--quick] [--seconds S] [--only NAME,...]
+    (from the repository directory, like every module of bench/)
 
 A measuring tool, not a test: figures are printed (and saved to bench/results/attack.{txt,json}),
-never asserted. One run builds a namespace lab (``tests/netlab.py``, names ``tla<pid>_<n>-*``)::
+never asserted. One run builds a namespace lab (``netlab.py``, names ``tla<pid>_<n>-*``)::
 
     server ── alice, bob      two legitimate clients running client.py (bob is the one measured)
            ── carol           a registered client used only to time handshakes (the probe)
@@ -52,17 +53,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR.parent))
+import netlab
+from config import encode_key
+from handshake import generate_private_key, public_key
 
-from config import encode_key  # noqa: E402
-from handshake import generate_private_key, public_key  # noqa: E402
-from tests import netlab  # noqa: E402
+BENCH_DIR = Path(__file__).resolve().parent
 
 log = logging.getLogger("attack")
 
 RESULTS_DIR = BENCH_DIR / "results"
-ATTACKERS = BENCH_DIR / "attackers.py"
+ATTACKERS = ("-m", "bench.attackers")
+"""The attacking programs, run as a module (labs run commands in the repository directory)."""
 SUBNET = "10.99.0.0/21"
 """Room for 1,000 clients."""
 EXTRA_SOURCES = ipaddress.IPv4Network("198.51.100.0/27")
@@ -229,7 +230,7 @@ class Attack:
         """The attacker process, or None for the baseline. Its own deadline ends it in any case."""
         bound = str(self.timing.attack_s + self.timing.measure_s + 30)
         target = f"{self.attacker_link.address_a}:{netlab.SERVER_PORT}"
-        tool = ["nice", "-n", str(self.attacker_nice), sys.executable, ATTACKERS]
+        tool = ["nice", "-n", str(self.attacker_nice), sys.executable, *ATTACKERS]
         if name in ("idle", "slowloris"):
             argv = [*tool, "idle", "--target", target, "--connections", "256", "--duration", bound]
             return self.attacker.spawn(name, *argv, *(["--drip"] if name == "slowloris" else []))
@@ -254,7 +255,7 @@ class Attack:
         t, lab, bob = self.timing, self.lab, self.bob
         seconds = t.measure_s
         probe = self.carol.ns.spawn(
-            "probe", sys.executable, ATTACKERS, "probe", "--profile", self.carol.profile,
+            "probe", sys.executable, *ATTACKERS, "probe", "--profile", self.carol.profile,
             "--endpoint", self.carol.endpoint, "--count", t.probes, "--interval", t.probe_interval,
         )  # fmt: skip
         count = int(seconds / 0.05)
@@ -344,7 +345,7 @@ class Attack:
         count = count or self.timing.registry_handshakes
         cpu0 = cpu_seconds(self.server.pid)
         run = self.carol.ns.run(
-            sys.executable, ATTACKERS, "probe", "--profile", self.carol.profile, "--endpoint",
+            sys.executable, *ATTACKERS, "probe", "--profile", self.carol.profile, "--endpoint",
             self.carol.endpoint, "--count", str(count), "--interval", str(REGISTRY_PROBE_INTERVAL), timeout=120,
         )  # fmt: skip
         cpu = cpu_seconds(self.server.pid) - cpu0

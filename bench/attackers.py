@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Attackers and a probe for bench/attack.py and the end-to-end tests. Run only inside a lab
-namespace (tests/netlab.py), against a lab server: every mode is bounded in time and count.
+namespace (netlab.py), against a lab server: every mode is bounded in time and count.
 
-    attackers.py idle   --target HOST:PORT --connections N --duration S [--drip] [--source IP ...]
-    attackers.py flood  --target HOST:PORT --kind garbage|wrong-mac --duration S [--workers N]
-    attackers.py probe  --profile FILE --endpoint HOST:PORT --count N [--interval S]
+    python -m bench.attackers idle   --target HOST:PORT --connections N --duration S [--drip] [--source IP ...]
+    python -m bench.attackers flood  --target HOST:PORT --kind garbage|wrong-mac --duration S [--workers N]
+    python -m bench.attackers probe  --profile FILE --endpoint HOST:PORT --count N [--interval S]
 
 - ``idle`` holds N connections open (round robin over the ``--source`` addresses), and opens a
   new one whenever the server closes one, as a lock-out attacker would. With ``--drip`` each
@@ -29,12 +29,8 @@ import selectors
 import signal
 import socket
 import struct
-import sys
 import threading
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import Profile, parse_endpoint
 from framing import FrameType, encode_header, encode_init_frame
@@ -184,7 +180,7 @@ def probe(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="attackers.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.attackers", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     p = sub.add_parser("idle", help="hold idle (or dripping) connections open")
     p.add_argument("--target", required=True)

@@ -138,7 +138,7 @@ record $? "bench/run.sh --quick"
 
 # -- 7. attacks, short: strangers and a rogue client against a lab server; figures printed, not asserted ----
 banner "attack measurements: bench/attack.py --quick"
-flock -w 600 /tmp/tunlib-bench.lock timeout --foreground -s INT -k 30 180 "$PY" "$ROOT/bench/attack.py" --quick
+flock -w 600 /tmp/tunlib-bench.lock timeout --foreground -s INT -k 30 180 "$PY" -m bench.attack --quick
 record $? "bench/attack.py --quick"
 
 # -- summary -----------------------------------------------------------------------------------

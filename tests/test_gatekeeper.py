@@ -22,6 +22,7 @@ from config import ClientRecord, Profile
 from gatekeeper import Gatekeeper
 from handshake import generate_private_key, public_key
 from messages import SessionSettings
+from runtime import StopSignal
 from session import Admission, Established, ReplayGuard, client_handshake
 
 SERVER_PRIVATE = generate_private_key()
@@ -46,13 +47,15 @@ def gate():
     replay = ReplayGuard()
     admission = Admission(SERVER_PRIVATE, {ALICE.public_key: ALICE}.get, replay.is_new, replay.confirm, settings_for)
     established: queue.Queue[tuple[socket.socket, Established]] = queue.Queue()
-    keeper = Gatekeeper(listener, admission, lambda sock, est, _where: established.put((sock, est)))
+    stop = StopSignal(handle_signals=False)
+    keeper = Gatekeeper(listener, admission, lambda sock, est, _where: established.put((sock, est)), stop)
     thread = threading.Thread(target=keeper.run, daemon=True)
     thread.start()
     yield keeper, listener.getsockname(), established
-    keeper.stop()
+    stop.set()
     thread.join(5)
     listener.close()
+    stop.close()
     assert not thread.is_alive()
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from serverside import server_handshake
+from wiretools import feed
 
 import session
 from config import ClientRecord, Profile
@@ -215,7 +216,7 @@ def test_data_frames():
 def test_data_frames_open_in_order():
     stream = EXAMPLE["frame 3"] + EXAMPLE["frame 4"]
     decoder = FrameDecoder(1024, 4096)
-    decoder.feed(stream)
+    feed(decoder, stream)
     server_receive = ReceiveState(EXAMPLE["k1"])
     opened = [server_receive.open(header, body) for _type, header, body in decoder.frames()]
     assert opened == [b"", EXAMPLE["plaintext 4"]]

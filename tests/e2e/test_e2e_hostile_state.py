@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from netlab import TunnelLab
 
 HOSTILE = ["fifo", "huge", "badjson", "writable"]

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from netlab import REPO, SERVER_PORT, TunnelLab, send_and_read, wait_until
+
+from netlab import SERVER_PORT, TunnelLab, send_and_read, wait_until
 
 HANDSHAKE_TIMEOUT = 5.0
 """session.HANDSHAKE_TIMEOUT: how long the server waits for a complete handshake."""
@@ -136,7 +137,8 @@ def test_silent_strangers_do_not_hold_up_real_clients(lab: TunnelLab) -> None:
     assert connected - start < HANDSHAKE_TIMEOUT, "bob got in only after the strangers were dropped"
 
 
-ATTACKERS = REPO / "bench" / "attackers.py"
+ATTACKERS = ("-m", "bench.attackers")
+"""Run from the repository directory, as the lab runs every command."""
 
 
 def server_threads(lab: TunnelLab) -> int:
@@ -151,14 +153,14 @@ def test_clients_connect_during_an_idle_connection_attack(lab: TunnelLab, drip: 
     attacker = lab.add_namespace(f"attacker-{'drip' if drip else 'idle'}")
     link = lab.connect(lab.server, attacker)
     threads = server_threads(lab)
-    command = [sys.executable, ATTACKERS, "idle", "--target", f"{link.address_a}:{SERVER_PORT}"]
+    command = [sys.executable, *ATTACKERS, "idle", "--target", f"{link.address_a}:{SERVER_PORT}"]
     command += ["--connections", "256", "--duration", "12", *(["--drip"] if drip else [])]
     attack = attacker.spawn("attacker", *command)
     try:
         time.sleep(2.0)  # let it fill whatever it can
         bob = lab.peers["bob"]
         result = bob.ns.run(
-            sys.executable, ATTACKERS, "probe", "--profile", bob.profile, "--endpoint", bob.endpoint,
+            sys.executable, *ATTACKERS, "probe", "--profile", bob.profile, "--endpoint", bob.endpoint,
             "--count", "10", "--interval", "0.3", timeout=60,
         )  # fmt: skip
         probe = json.loads(result.stdout.strip().splitlines()[-1])
