@@ -12,18 +12,18 @@
     server.py status --state-dir DIR [--json]    # what the running server sees, like 'wg show'
     server.py cleanup           # undo NAT rules and sysctls left by a crashed run
 
-Threads while running: one accepts connections; one reads the TUN and routes each packet to
-its client's queue; one watches the client registry; and per connection, one that runs the
-handshake and then receives (socket -> TUN, and the session's timers), plus one sender
-(queue -> socket) per client. Every thread is supervised: whatever ends a client's thread ends
-that client's session (logged once, with the reason) and nobody else's; a failed server-wide
-thread stops the server (exit status 1) instead of leaving it half alive.
+Threads while running: the gatekeeper accepts connections and runs every handshake in one
+selector loop (gatekeeper.py); one reads the TUN and routes each packet to its client's queue;
+one watches the client registry; and per authenticated client, a receiver (socket -> TUN, and
+the session's timers) and a sender (queue -> socket). A stranger on the port never gets a
+thread. Every thread is supervised: whatever ends a client's thread ends that client's session
+(logged once, with the reason) and nobody else's; a failed server-wide thread stops the server
+(exit status 1) instead of leaving it half alive.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import ipaddress
 import json
@@ -32,7 +32,6 @@ import socket
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -41,18 +40,21 @@ import interpreter
 if __name__ == "__main__":
     interpreter.use_project_venv()  # first: re-runs us under .venv if this Python lacks the requirements
 
+from admission import LIMIT_REFUSALS
 from config import ClientRecord, ServerSettings, ServerState, encode_key, format_endpoint, parse_endpoint
 from control import ControlError, Request, drop_counters, iso_time, request
 from controlsock import ControlSocket, Handler, Peer, Reply, call
 from errors import UserError
+from gatekeeper import Gatekeeper
 from journal import Journal, journal_path
 from messages import ClientHello, SessionSettings
 from nat import enable_nat
 from netsetup import configure_interface
+from registry import ClientRegistry
 from rekey import KEEPALIVE, REKEY_AFTER_TIME, Policy, ResponderRole
 from runtime import TIMER_OPTIONS, StopSignal, add_cleanup_command, add_timer_options, require_net_admin, run_main
 from sdnotify import sd_notify
-from session import PROLOGUE, Admission, HandshakeFailed, ReplayGuard, server_handshake, tune_carrier
+from session import PROLOGUE, Admission, Established, ReplayGuard, server_link
 from tundev import TunDevice, open_tun
 from tunlib import (
     ClientSession,
@@ -66,14 +68,13 @@ from tunlib import (
 
 log = logging.getLogger("server")
 
-MAX_PENDING_HANDSHAKES = 64
-"""Connections still in their handshake at once. Past this, new ones are closed at once, so
-a flood of idle connections cannot exhaust threads; established sessions are unaffected."""
 SHUTDOWN_JOIN_TIMEOUT = 1.0
 """All threads together get this long to finish at shutdown (the promise is 2 s in all)."""
-ACCEPT_RETRY_DELAY = 0.1
 REGISTRY_POLL_INTERVAL = 2.0
-REFUSAL_REASONS = ("handshake_failed", "too_many_handshakes")
+"""How often the watcher looks for registry changes and closes the sessions of removed clients."""
+LISTEN_BACKLOG = 4096
+"""Connections the kernel completes before we accept them (capped by net.core.somaxconn). Deep,
+so that a burst of strangers does not make the kernel drop a real client's SYN (a 1 s retry)."""
 CONTROL_SOCKET = "control.sock"
 """The running server's status socket, inside the (root-only, 0700) state directory."""
 MAX_DNS_SERVERS = 3
@@ -87,6 +88,7 @@ class Server:
         self,
         *,
         state: ServerState,
+        private_key: bytes,
         settings: ServerSettings,
         listener: socket.socket,
         tun: TunDevice,
@@ -116,24 +118,19 @@ class Server:
         self.stopping = stop if stop is not None else StopSignal(handle_signals=False)
         """The one stop flag: raised by a signal, a failed server-wide thread or :meth:`stop`; the
         TUN reader polls it, every other thread checks or waits on it."""
-        self.pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+        self.registry = ClientRegistry(state.clients_dir)
+        self.registry.refresh()
         replay = ReplayGuard()
-        self.admission = Admission(state.private_key(), self.lookup, replay.is_new, replay.confirm, self.settings_for)
+        self.admission = Admission(private_key, self.registry.lookup, replay.is_new, replay.confirm, self.settings_for)
+        self.gatekeeper = Gatekeeper(listener, self.admission, self.start_session, self.stopping)
         self.threads: list[threading.Thread] = []
         self.connections: set[threading.Thread] = set()
-        """One thread per connection: its handshake, then its receiver."""
+        """One receiver thread per authenticated connection."""
         self.connections_lock = threading.Lock()
-        self.refused: Counter[str] = Counter()
-        """Connections turned away, by reason: what ``server.py status`` shows of attacks."""
         self.origins: dict[ClientSession, tuple[str, float]] = {}
         """Each live session's remote endpoint and the time it was attached (for ``status``)."""
 
     # -- admission policy ---------------------------------------------------
-    def lookup(self, public_key: bytes) -> ClientRecord | None:
-        """Find a registered client by key, reading the state directory afresh each time,
-        so ``add-client`` and ``remove-client`` take effect without a restart."""
-        return next((c for c in self.state.readable_clients() if c.public_key == public_key), None)
-
     def settings_for(self, record: ClientRecord, _hello: ClientHello) -> SessionSettings:
         address6 = self.settings.client_address6(record)
         prefix6 = self.settings.subnet6.prefixlen if self.settings.subnet6 else 0
@@ -151,7 +148,7 @@ class Server:
     # -- threads ------------------------------------------------------------
     def start(self) -> None:
         self._spawn("tun-reader", self.router.pump_tun, self.stopping)
-        self._spawn("acceptor", self.accept_loop)
+        self._spawn("gatekeeper", self.gatekeeper.run)
         self._spawn("registry-watch", self.watch_registry)
 
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> threading.Thread:
@@ -174,55 +171,33 @@ class Server:
         return thread
 
     def watch_registry(self) -> None:
-        """Close the sessions of clients removed from the registry while connected.
+        """Reload the registry when it changes; close the sessions of clients removed from it.
 
-        Handshakes read the registry anyway; this makes ``remove-client`` cut an established
-        session too (within REGISTRY_POLL_INTERVAL), as removing a WireGuard peer does.
+        Handshakes see the reloaded registry at once; closing makes ``remove-client`` cut an
+        established session too (within REGISTRY_POLL_INTERVAL), as removing a WireGuard peer does.
         """
         while not self.stopping.wait(REGISTRY_POLL_INTERVAL):
-            registered = {(c.public_key, c.address.packed) for c in self.state.readable_clients()}
+            self.registry.poll(time.monotonic())  # a lookup may have rescanned already: compare regardless
+            registered = {(c.public_key, c.address.packed) for c in self.registry.records()}
             for session in self.router.connected():
                 if (session.public_key, session.address) not in registered:
                     log.info("client %s is no longer registered; closing its session", session.name)
                     session.close()
 
-    def accept_loop(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                sock, peer = self.listener.accept()
-            except OSError as exc:
-                if self.stopping.is_set():
-                    return
-                log.warning("accept failed: %s", exc.strerror or exc)
-                self.stopping.wait(ACCEPT_RETRY_DELAY)  # e.g. out of file descriptors: don't spin
-                continue
-            if not self.pending.acquire(blocking=False):
-                log.warning("too many handshakes in progress; dropping connection from %s", peer[0])
-                self.refused["too_many_handshakes"] += 1
-                sock.close()
-                continue
-            peer = peer_address(peer)
-            thread = threading.Thread(
-                target=self.serve_connection, args=(sock, peer), name=f"conn-{peer[0]}", daemon=True
-            )
-            with self.connections_lock:
-                self.connections.add(thread)
-            thread.start()
+    def start_session(self, sock: socket.socket, established: Established, where: str) -> None:
+        """Called by the gatekeeper for an authenticated client: its session gets its threads."""
+        thread = threading.Thread(
+            target=self._serve_session,
+            args=(established.record, established.settings, server_link(sock, established), where),
+            name=f"conn-{established.record.name}",
+            daemon=True,
+        )
+        with self.connections_lock:
+            self.connections.add(thread)
+        thread.start()
 
-    def serve_connection(self, sock: socket.socket, peer: tuple[str, int]) -> None:
-        """Handshake, then run this client's session until it ends. Never raises."""
-        where = format_endpoint(*peer)
+    def _serve_session(self, record: ClientRecord, settings: SessionSettings, link: PeerLink, where: str) -> None:
         try:
-            try:
-                tune_carrier(sock)
-                record, settings, link = server_handshake(sock, self.admission)
-            except (HandshakeFailed, OSError) as exc:
-                log.info("refused connection from %s: %s", where, exc)
-                self.refused["handshake_failed"] += 1
-                sock.close()
-                return
-            finally:
-                self.pending.release()
             self.run_session(record, settings, link, where)
         finally:
             with self.connections_lock:
@@ -273,14 +248,21 @@ class Server:
     def log_stats(self) -> None:
         sessions = self.router.connected()
         log.info("server stats: %s; clients connected: %d", self.router.counters.summary(), len(sessions))
+        log.info("admission: %s", self.gatekeeper.stats())
         for s in sessions:
             log.info("client %s stats: %s", s.name, s.stats())
+
+    def refusals(self) -> dict[str, int]:
+        """The gatekeeper's refusal totals in the two classes ``status`` reports."""
+        totals = dict(self.gatekeeper.tally.totals)  # one C-level copy: safe against the gatekeeper thread
+        limited = sum(n for reason, n in totals.items() if reason in LIMIT_REFUSALS)
+        return {"handshake_failed": sum(totals.values()) - limited, "too_many_handshakes": limited}
 
     def status(self) -> dict[str, Any]:
         """``server.py status``: the listener, refusals, and every registered client, connected or not."""
         sessions = {s.public_key: s for s in self.router.connected()}
         clients = []
-        for record in self.state.readable_clients():
+        for record in sorted(self.registry.records(), key=lambda r: r.name):
             session = sessions.get(record.public_key)
             endpoint, since = self.origins.get(session, (None, None)) if session is not None else (None, None)
             counters = session.link.counters if session is not None else None
@@ -308,16 +290,13 @@ class Server:
             "tun": self.tun.name,
             "address": str(self.settings.server_interface),
             "mode": "offload" if self.tun.offload else "plain",
-            "refused": {reason: self.refused[reason] for reason in REFUSAL_REASONS},
+            "refused": self.refusals(),
             "clients": clients,
         }
 
     def stop(self) -> None:
         """Close everything in an order that wakes every thread, then remove the TUN."""
         self.stopping.set()
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
         self.log_stats()  # while the sessions still exist
         for session in self.router.connected():
             session.close()
@@ -334,15 +313,6 @@ class Server:
         self.tun.close()
 
 
-def peer_address(sockaddr: tuple) -> tuple[str, int]:
-    """A connection's source as (address, port), an IPv4 client of a ``[::]`` listener shown as
-    the IPv4 address it is, not as ``::ffff:a.b.c.d``."""
-    address = ipaddress.ip_address(sockaddr[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return str(address), sockaddr[1]
-
-
 def bind_listener(listen: str) -> socket.socket:
     """Listen on ``HOST:PORT``; ``[::]:PORT`` takes IPv6 and IPv4 (as ::ffff:a.b.c.d) on one socket."""
     host, port = parse_endpoint(listen)
@@ -353,7 +323,7 @@ def bind_listener(listen: str) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # whatever net.ipv6.bindv6only says
     try:
         sock.bind((host, port))
-        sock.listen(128)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -411,7 +381,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     require_net_admin()
     state = ServerState(args.state_dir)
     settings = state.settings()
-    state.private_key()
+    private_key = state.private_key_for_run()
     apply_run_options(args, state)
     if len(args.dns) > MAX_DNS_SERVERS:
         raise UserError(f"at most {MAX_DNS_SERVERS} --dns servers (the resolver reads no more)")
@@ -427,6 +397,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             enable_nat(journal, settings.subnet, tun.name, args.egress, settings.subnet6)
         server = Server(
             state=state,
+            private_key=private_key,
             settings=settings,
             listener=listener,
             tun=tun,
