@@ -2,12 +2,14 @@
 """tunlib client: connect to the server, then carry packets between a TUN and the connection.
 
     client.py run --config PROFILE [--tun tun-client0] [--endpoint HOST:PORT] [--icmp-reply]
-                  [--full-tunnel | --route CIDR ...] [--kill-switch] [-v]
+                  [--full-tunnel | --route CIDR ...] [--kill-switch] [--proxy URL] [-v]
     client.py cleanup [-v]      # undo what a crashed run left: routes, firewall tables, DNS
 
 Order matters:
 1. With ``--kill-switch``, the firewall goes up first, so nothing leaks even before the tunnel.
-2. The client dials and completes the handshake *before* it creates its TUN, because the
+2. The client dials (through a proxy if one is set: ``--proxy``, the profile's ``Proxy``, or
+   ``https_proxy`` from the environment), wraps the connection in TLS if the profile says
+   ``Transport = tls``, and completes the handshake *before* it creates its TUN, because the
    server's answer says which address, MTU and data-path mode the TUN must have.
 3. Routes and DNS follow, each recorded in a journal before it is made (see journal.py).
 4. Two threads carry packets: TUN -> socket and socket -> TUN (tunlib.py).
@@ -20,19 +22,23 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
-from config import Profile, parse_endpoint
+from carrier import TlsCarrier, TlsError, client_handshake_tls
+from config import Profile, format_endpoint, parse_endpoint
 from errors import UserError
 from gateway import ClientGateway
 from journal import Journal, journal_path
 from messages import SessionSettings
 from netsetup import configure_interface
+from proxy import ProxyURL, dial_via_proxy, parse_proxy_url, proxy_from_environment
 from runtime import StopRequested, StopSignal, add_cleanup_command, require_net_admin, run_main
-from session import HandshakeFailed, client_handshake, dial
+from session import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, HandshakeFailed, client_handshake, dial, tune_carrier
 from tundev import TunDevice, open_tun
 from tunlib import LinkClosed, PeerLink, Waker, make_client_deliver, pump_tun_to_link
 
@@ -44,17 +50,45 @@ RECONNECT_BACKOFF = (1, 2, 4, 8, 15, 30)
 STABLE_SESSION = 10.0
 """A session that ended sooner counts as a failure for the backoff, so two machines sharing one
 profile (each new session displaces the other) retry slowly instead of fighting in a loop."""
+NO_PROXY_WORDS = ("none", "direct")
+"""``--proxy none`` ignores the profile's Proxy and the environment."""
+WEB_ANSWER = (
+    "the server answered like a web server, which a TLS-mode tunlib server does to anyone it does not "
+    "accept: check the profile's [Server] PublicKey, and that this client is still registered (list-clients)"
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    """How the carrier connection reaches the server: directly, or through a proxy.
+
+    ``hop`` is the address the TCP connection goes to (the server's, or the proxy's), resolved
+    once before routes or DNS change; the kill switch and the full tunnel's host route keep
+    exactly that address reachable outside the tunnel.
+    """
+
+    host: str
+    port: int
+    hop_ip: str
+    hop_port: int
+    proxy: ProxyURL | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return format_endpoint(self.host, self.port)
+
+    def describe(self) -> str:
+        return self.endpoint + (f" via proxy {self.proxy.redacted()}" if self.proxy else "")
 
 
 class Tunnel:
     """The client's long-lived state: TUN, host changes, and the current session."""
 
-    def __init__(self, args: argparse.Namespace, profile: Profile, server_ip: str, port: int) -> None:
+    def __init__(self, args: argparse.Namespace, profile: Profile, route: Route) -> None:
         self.args = args
         self.profile = profile
-        self.endpoint = f"{server_ip}:{port}"
-        self.server_ip = server_ip
-        self.port = port
+        self.route = route
+        self.endpoint = route.describe()
         self.stop = StopSignal()
         self.stop.on_usr1(self.log_stats)
         self.journal = Journal(journal_path("client", args.tun))
@@ -73,20 +107,32 @@ class Tunnel:
     def connect(self) -> tuple[SessionSettings, PeerLink]:
         """Dial and handshake; a stop signal aborts it at once with StopRequested."""
         with self.stop.interruptible():
-            sock = dial(self.endpoint)
+            sock = self.dial()
             try:
+                if self.profile.transport == "tls":
+                    sock = client_handshake_tls(sock, self.profile.server_name, HANDSHAKE_TIMEOUT)
                 return client_handshake(sock, self.profile)
-            except HandshakeFailed as exc:
+            except (HandshakeFailed, TlsError) as exc:
                 sock.close()
-                raise UserError(f"handshake with {self.endpoint} failed: {exc}") from None
+                why = WEB_ANSWER if isinstance(sock, TlsCarrier) and sock.first_bytes.startswith(b"HTTP/") else exc
+                raise UserError(f"handshake with {self.endpoint} failed: {why}") from None
             except BaseException:
                 sock.close()
                 raise
 
+    def dial(self) -> socket.socket:
+        """A TCP connection to the server, straight or through the proxy."""
+        route = self.route
+        if route.proxy is None:
+            return dial(format_endpoint(route.hop_ip, route.hop_port))
+        sock = dial_via_proxy(route.proxy, route.hop_ip, route.host, route.port, CONNECT_TIMEOUT)
+        tune_carrier(sock)
+        return sock
+
     def setup(self) -> None:
         """Everything before the first packet flows; teardown() undoes it all after a failure."""
         if self.args.kill_switch:
-            self.gateway.kill_switch(self.server_ip, self.port)
+            self.gateway.kill_switch(self.route.hop_ip, self.route.hop_port)
         self.settings, self.link = self.connect()
         settings = self.settings
         self.tun = open_tun(self.args.tun, offload=settings.offload)
@@ -94,7 +140,7 @@ class Tunnel:
             raise UserError("the server uses offload mode but this kernel refused IFF_VNET_HDR")
         configure_interface(self.tun.name, settings.address, settings.mtu)
         if self.args.full_tunnel:
-            self.gateway.full_tunnel(self.server_ip)
+            self.gateway.full_tunnel(self.route.hop_ip)
             self.gateway.dns(settings.dns)
         else:
             self.gateway.split_routes([*settings.routes, *self.args.route])
@@ -200,21 +246,42 @@ class Tunnel:
         self.waker.close()
 
 
-def resolve_endpoint(endpoint: str) -> tuple[str, int]:
-    """Resolve the server's name once, before DNS or routes change, and pin the address."""
-    host, port = parse_endpoint(endpoint)
+def resolve(host: str, port: int, what: str) -> str:
+    """Resolve a name once, before DNS or routes change, and pin the address."""
     try:
         infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
-    return infos[0][4][0], port
+        raise UserError(f"cannot resolve {what} {host}: {exc.strerror}") from None
+    return infos[0][4][0]
+
+
+def choose_proxy(flag: str | None, profile: Profile) -> tuple[str | None, str]:
+    """The proxy URL to use and where it came from: ``--proxy``, the profile, then the environment."""
+    if flag is not None:
+        return (None, "") if flag.strip().lower() in NO_PROXY_WORDS else (flag, "--proxy")
+    if profile.proxy:
+        return profile.proxy, "the profile"
+    host = parse_endpoint(profile.endpoint)[0]
+    url = proxy_from_environment(os.environ, host)
+    return url, "https_proxy" if url else ""
+
+
+def plan_route(args: argparse.Namespace, profile: Profile) -> Route:
+    """Where the carrier goes. Through a proxy, the server's name is left to the proxy to resolve
+    (a network that has a proxy often has no public DNS); only the proxy's name is resolved here."""
+    host, port = parse_endpoint(args.endpoint or profile.endpoint)
+    url, source = choose_proxy(args.proxy, profile)
+    if url is None:
+        return Route(host, port, resolve(host, port, "server"), port)
+    proxy = parse_proxy_url(url)
+    log.info("using proxy %s (from %s)", proxy.redacted(), source)
+    return Route(host, port, resolve(proxy.host, proxy.port, "proxy"), proxy.port, proxy)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     require_net_admin()
     profile = Profile.load(args.config)
-    server_ip, port = resolve_endpoint(args.endpoint or profile.endpoint)
-    tunnel = Tunnel(args, profile, server_ip, port)
+    tunnel = Tunnel(args, profile, plan_route(args, profile))
     tunnel.journal.claim("client.py")  # refuses, changing nothing, if a live client owns this TUN
     try:
         tunnel.setup()
@@ -256,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="send this network through the tunnel (repeatable)",
     )
     p.add_argument("--kill-switch", action="store_true", help="block all traffic outside the tunnel until a clean exit")
+    p.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="reach the server through http://[user:pass@]HOST:PORT (CONNECT) or socks5[h]://...; "
+        "default: the profile's Proxy, else https_proxy; 'none' for a direct connection",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
     add_cleanup_command(sub, "client", "routes, firewall and DNS changes")

@@ -2,16 +2,19 @@
 """tunlib server: one TUN device, many clients, each on its own TCP connection.
 
     server.py init --state-dir DIR [--subnet 10.0.0.0/24] [--listen 0.0.0.0:55555] [--endpoint HOST:PORT]
+                   [--tls [--server-name NAME] [--cert FILE --key FILE]]
     server.py add-client NAME --state-dir DIR [--address IP]
     server.py list-clients --state-dir DIR
     server.py remove-client NAME --state-dir DIR
     server.py run --state-dir DIR [--listen HOST:PORT] [--tun tun0] [--icmp-reply] [--no-offload]
-                  [--nat [--egress IFACE]] [--dns IP] [-v]
+                  [--nat [--egress IFACE]] [--dns IP] [--tls] [--fallback HOST:PORT] [-v]
     server.py cleanup           # undo NAT rules and sysctls left by a crashed run
 
 Threads while running: one accepts connections; one reads the TUN and routes each packet to
 its client's queue; one watches the client registry; and per connection, one that runs the
 handshake and then receives (socket -> TUN), plus one sender (queue -> socket) per client.
+In TLS mode the connection's thread first runs the TLS handshake and the port-share decision
+(portshare.py); a web visitor's relay to the ``--fallback`` website runs in that thread too.
 """
 
 from __future__ import annotations
@@ -22,20 +25,23 @@ import errno
 import ipaddress
 import logging
 import socket
+import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable
 
 import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
-from config import ClientRecord, ServerSettings, ServerState, encode_key, parse_endpoint
+from carrier import TlsCarrier, server_context
+from config import ClientRecord, ServerSettings, ServerState, check_certificate, encode_key, parse_endpoint
 from errors import UserError
 from journal import Journal, journal_path
 from messages import ClientHello, SessionSettings
 from nat import enable_nat
 from netsetup import configure_interface
+from portshare import Fallback, Outcome, TlsFront, classify_first_frame, drive_front
 from runtime import StopSignal, add_cleanup_command, require_net_admin, run_main
-from session import Admission, HandshakeFailed, ReplayGuard, server_handshake, tune_carrier
+from session import HANDSHAKE_TIMEOUT, Admission, HandshakeFailed, ReplayGuard, server_handshake, tune_carrier
 from tundev import TunDevice, open_tun
 from tunlib import ClientSession, LinkClosed, PeerLink, ServerRouter, Waker, pump_queue_to_link
 
@@ -52,6 +58,23 @@ MAX_DNS_SERVERS = 3
 """glibc's resolver reads at most three nameserver lines (MAXNS)."""
 
 
+class TlsPort:
+    """TLS mode: the server's certificate and the website that strangers are handed to."""
+
+    def __init__(self, context: ssl.SSLContext, fallback: Fallback) -> None:
+        self.context = context
+        self.fallback = fallback
+
+
+class WebVisitor:
+    """A connection the port-share front (or a refused handshake) gave to the website."""
+
+    def __init__(self, conn: TlsCarrier | socket.socket, received: bytes, encrypted: bool) -> None:
+        self.conn = conn
+        self.received = received
+        self.encrypted = encrypted
+
+
 class Server:
     """A running server: the listener, the TUN, the router and the client sessions."""
 
@@ -64,8 +87,10 @@ class Server:
         tun: TunDevice,
         icmp_reply: bool,
         dns: tuple[ipaddress.IPv4Address, ...],
+        tls: TlsPort | None = None,
     ) -> None:
         self.state = state
+        self.tls = tls
         self.dns = dns
         self.settings = settings
         self.listener = listener
@@ -151,17 +176,47 @@ class Server:
         try:
             try:
                 tune_carrier(sock)
-                record, settings, link = server_handshake(sock, self.admission)
+                admitted = self.admit(sock) if self.tls is not None else server_handshake(sock, self.admission)
             except (HandshakeFailed, OSError) as exc:
                 log.info("refused connection from %s: %s", where, exc)
                 sock.close()
                 return
             finally:
                 self.pending.release()
-            self.run_session(record, settings, link, where)
+            if isinstance(admitted, WebVisitor):
+                assert self.tls is not None
+                self.tls.fallback.serve(admitted.conn, admitted.received, admitted.encrypted, where)
+                return
+            self.run_session(*admitted, where)
         finally:
             with self.connections_lock:
                 self.connections.discard(threading.current_thread())
+
+    def admit(self, sock: socket.socket) -> tuple[ClientRecord, SessionSettings, PeerLink] | WebVisitor:
+        """TLS mode: TLS handshake, then the tunlib handshake inside it, or a web visitor.
+
+        A message 1 that fails the handshake's checks gets no REJECT: the website answers it, as
+        it answers everyone who is not a client of this server.
+        """
+        assert self.tls is not None
+        front = TlsFront(self.tls.context, classify_first_frame)
+        drive_front(sock, front, time.monotonic() + HANDSHAKE_TIMEOUT)
+        if front.outcome is Outcome.WEB_CLEAR:
+            return WebVisitor(sock, front.received, encrypted=False)
+        if front.outcome is Outcome.CLOSE:
+            raise HandshakeFailed(f"TLS: {front.why}")
+        assert front.endpoint is not None
+        carrier = TlsCarrier(sock, front.endpoint, front.received)
+        if front.outcome is Outcome.WEB_TLS:
+            return WebVisitor(carrier, front.received, encrypted=True)
+        refused: list[object] = []
+        try:
+            return server_handshake(carrier, self.admission, refused.append)  # type: ignore[arg-type]
+        except HandshakeFailed as exc:
+            if not refused:
+                raise
+            log.info("refused a tunlib handshake (%s); answering as the website", exc)
+            return WebVisitor(TlsCarrier(sock, front.endpoint), front.received, encrypted=True)
 
     def run_session(self, record: ClientRecord, settings: SessionSettings, link: PeerLink, where: str) -> None:
         """Route to this client and carry its packets until its connection ends."""
@@ -240,16 +295,26 @@ def bind_listener(listen: str) -> socket.socket:
 
 def cmd_init(args: argparse.Namespace) -> int:
     state = ServerState(args.state_dir)
-    created = state.init(args.subnet, args.listen, args.endpoint)
+    created = state.init(
+        args.subnet,
+        args.listen,
+        args.endpoint,
+        tls=args.tls,
+        server_name=args.server_name,
+        cert=args.cert,
+        key=args.key,
+    )
     settings = state.settings()
     print(encode_key(state.public_key()))
     log.info(
-        "%s %s: subnet %s, listen %s, endpoint %s",
+        "%s %s: subnet %s, listen %s, endpoint %s, transport %s%s",
         "initialised" if created else "already initialised",
         state.dir,
         settings.subnet,
         settings.listen,
         settings.endpoint,
+        settings.transport,
+        f" (server name {settings.server_name}, certificate {settings.tls_cert})" if settings.tls_cert else "",
     )
     return 0
 
@@ -283,6 +348,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     state.private_key()
     if len(args.dns) > MAX_DNS_SERVERS:
         raise UserError(f"at most {MAX_DNS_SERVERS} --dns servers (the resolver reads no more)")
+    tls = tls_port(settings, args.tls, args.fallback)
     stop = StopSignal()  # from here on, SIGTERM means "shut down in order", never "die"
     journal = Journal(journal_path("server", args.tun))
     journal.claim("server.py")  # refuses, changing nothing, if a live server owns this TUN
@@ -300,12 +366,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             tun=tun,
             icmp_reply=args.icmp_reply,
             dns=tuple(args.dns),
+            tls=tls,
         )
         stop.on_usr1(server.log_stats)
         server.start()
         log.info(
-            "serving on %s, %s %s in %s mode%s",
+            "serving on %s%s, %s %s in %s mode%s",
             args.listen or settings.listen,
+            describe_tls(settings, args.fallback) if tls else "",
             tun.name,
             settings.server_interface,
             "offload" if tun.offload else "plain",
@@ -321,6 +389,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             tun.close()
         journal.undo()
     return 0
+
+
+def tls_port(settings: ServerSettings, tls: bool, fallback: str | None) -> TlsPort | None:
+    """The TLS mode of this run: on if ``init --tls`` recorded it or ``run --tls`` asks for it."""
+    if not tls and settings.transport != "tls":
+        if fallback:
+            raise UserError("--fallback needs TLS mode (server.py run --tls, after server.py init --tls)")
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise UserError("TLS mode needs a certificate: run server.py init --tls [--server-name NAME] first")
+    check_certificate(settings.tls_cert, settings.tls_key)
+    address = parse_endpoint(fallback) if fallback else None
+    return TlsPort(server_context(settings.tls_cert, settings.tls_key), Fallback(address))
+
+
+def describe_tls(settings: ServerSettings, fallback: str | None) -> str:
+    site = f"web visitors relayed to {fallback}" if fallback else "web visitors get a 404 page"
+    return f" with TLS (server name {settings.server_name}; {site})"
 
 
 def ipv4(text: str) -> ipaddress.IPv4Address:
@@ -344,6 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subnet", help="tunnel subnet (default 10.0.0.0/24); the server takes its first address")
     p.add_argument("--listen", help="HOST:PORT to listen on (default 0.0.0.0:55555)")
     p.add_argument("--endpoint", help="HOST:PORT that clients dial, written into profiles")
+    p.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        help="carry the tunnel inside TLS 1.3 (profiles get Transport = tls); --no-tls switches back to TCP",
+    )
+    p.add_argument("--server-name", metavar="NAME", help="TLS: the name clients send as SNI (default: the cert's)")
+    p.add_argument("--cert", metavar="FILE", help="TLS: certificate chain (PEM); default: a self-signed one made here")
+    p.add_argument("--key", metavar="FILE", help="TLS: the certificate's private key (PEM)")
     p.set_defaults(func=cmd_init)
 
     p = add("add-client", "register a client with a fresh key pair; print its profile")
@@ -368,6 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nat", action="store_true", help="be the clients' internet gateway: forward and masquerade")
     p.add_argument("--egress", metavar="IFACE", help="interface for --nat (default: that of the default route)")
     p.add_argument("--dns", type=ipv4, action="append", default=[], metavar="IP", help="DNS server pushed to clients")
+    p.add_argument("--tls", action="store_true", help="TLS mode even if init did not record it (needs init's cert)")
+    p.add_argument(
+        "--fallback",
+        metavar="HOST:PORT",
+        help="TLS mode: relay everyone who is not a tunlib client to this plain-HTTP web server (default: a 404)",
+    )
     p.set_defaults(func=cmd_run)
 
     add_cleanup_command(sub, "server", "NAT rules and sysctls")

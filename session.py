@@ -16,6 +16,7 @@ MAX_HANDSHAKE_BODY bytes, so a silent or chatty stranger on the port costs the s
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import threading
@@ -204,9 +205,17 @@ def _reject(sock: socket.socket, reason: RejectReason) -> None:
         sock.sendall(encode_frame(FrameType.REJECT, bytes([reason])))
 
 
-def server_handshake(sock: socket.socket, admission: Admission) -> tuple[ClientRecord, SessionSettings, PeerLink]:
-    """Run the responder's side on an accepted socket; raise HandshakeFailed to refuse."""
+def server_handshake(
+    sock: socket.socket, admission: Admission, refuse: Callable[[RejectReason], None] | None = None
+) -> tuple[ClientRecord, SessionSettings, PeerLink]:
+    """Run the responder's side on an accepted socket; raise HandshakeFailed to refuse.
+
+    ``refuse`` is called instead of sending a REJECT (in TLS mode the server never sends one:
+    it hands the connection to the website instead).
+    """
     deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+    if refuse is None:
+        refuse = functools.partial(_reject, sock)
     decoder = FrameDecoder(MAX_HANDSHAKE_BODY, RECV_BUFFER_SIZE)
     frame_type, body = read_handshake_frame(sock, decoder, deadline)
     if frame_type != FrameType.HANDSHAKE_INIT:
@@ -215,19 +224,19 @@ def server_handshake(sock: socket.socket, admission: Admission) -> tuple[ClientR
     try:
         client_key, payload = responder.read_init(body)
     except HandshakeError:
-        _reject(sock, RejectReason.UNDECRYPTABLE)
+        refuse(RejectReason.UNDECRYPTABLE)
         raise HandshakeFailed("message 1 did not decrypt (client pinned another server key?)") from None
     record = admission.lookup(client_key)
     if record is None:
-        _reject(sock, RejectReason.UNKNOWN_CLIENT)
+        refuse(RejectReason.UNKNOWN_CLIENT)
         raise HandshakeFailed("unknown client key")
     try:
         hello = ClientHello.decode(payload)
     except MessageError as exc:
-        _reject(sock, RejectReason.BAD_HELLO)
+        refuse(RejectReason.BAD_HELLO)
         raise HandshakeFailed(f"client {record.name}: {exc}") from None
     if not admission.timestamp_is_new(client_key, hello.timestamp):
-        _reject(sock, RejectReason.STALE_TIMESTAMP)
+        refuse(RejectReason.STALE_TIMESTAMP)
         raise HandshakeFailed(f"client {record.name}: replayed or stale handshake")
     settings = admission.settings_for(record, hello)
     message, keys = responder.write_response(record.psk, settings.encode())
