@@ -372,12 +372,10 @@ def check_certificate(cert: str, key: str) -> None:
     """Fail with one line unless ``cert`` and ``key`` load as a matching pair."""
     try:
         server_context(cert, key)
-    except FileNotFoundError as exc:
-        raise UserError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    except ssl.SSLError as exc:  # before OSError, its base class
+        raise UserError(f"TLS certificate {cert} and key {key} do not load as a pair: {exc.reason or exc}") from None
     except OSError as exc:
         raise UserError(f"cannot read the TLS certificate or key: {exc.strerror or exc}") from None
-    except ssl.SSLError as exc:
-        raise UserError(f"TLS certificate {cert} and key {key} do not load as a pair: {exc.reason or exc}") from None
 
 
 def _parse_subnet(text: str) -> ipaddress.IPv4Network:
