@@ -274,7 +274,7 @@ def plan_route(args: argparse.Namespace, profile: Profile) -> Route:
     if url is None:
         return Route(host, port, resolve(host, port, "server"), port)
     proxy = parse_proxy_url(url)
-    log.info("using proxy %s (from %s)", proxy.redacted(), source)
+    log.debug("using proxy %s (from %s)", proxy.redacted(), source)
     return Route(host, port, resolve(proxy.host, proxy.port, "proxy"), proxy.port, proxy)
 
 

@@ -193,7 +193,7 @@ def printable(text: str) -> str:
 def connect_refusal(proxy: ProxyURL, target: str, response: ConnectResponse) -> str:
     """The one-line error for a non-2xx answer to CONNECT."""
     what = f"proxy {proxy.redacted()} refused CONNECT to {target}: {response.status} {response.reason}".rstrip()
-    if response.status == 407:
+    if response.status in (401, 407):  # 407 is the standard; tinyproxy, for one, answers 401
         hint = "wrong or missing user:password in the proxy URL" if proxy.username else "it needs user:password@"
         return f"{what} ({hint})"
     if response.status == 403:
