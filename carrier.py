@@ -43,6 +43,8 @@ ALPN_PROTOCOLS = ["http/1.1"]
 SELF_SIGNED_DAYS = 3650
 """A self-signed certificate is never checked (the client pins the Noise key instead), and TLS 1.3
 encrypts it, so an observer never sees it: it only has to exist, for years."""
+SEND_CHUNK = 64 * 1024
+"""Plaintext encrypted and sent at once (four full TLS records)."""
 RECV_CHUNK = 256 * 1024
 """Ciphertext read from the socket at once: many TLS records (at most 16 KB of plaintext each)."""
 
@@ -191,15 +193,22 @@ class TlsCarrier:
         return bool(self._pushback) or self._ssl.pending() > 0 or self._incoming.pending > 0
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
-        """Encrypt ``data`` and send it, records in order; raises OSError like a socket."""
+        """Encrypt ``data`` and send it, records in order; raises OSError like a socket.
+
+        In pieces of SEND_CHUNK: the peer starts decrypting the first piece while this one is
+        encrypted, and the receiving thread gets the SSL lock between pieces.
+        """
+        view = memoryview(data)
+        write, read, sendall, ssl_lock = self._ssl.write, self._outgoing.read, self.sock.sendall, self._ssl_lock
         with self._send_lock:
-            with self._ssl_lock:
-                try:
-                    self._ssl.write(data)
-                except ssl.SSLError as exc:
-                    raise OSError(f"TLS write failed: {exc.reason or exc}") from None
-                ciphertext = self._outgoing.read()
-            self.sock.sendall(ciphertext)
+            for start in range(0, len(view), SEND_CHUNK):
+                with ssl_lock:
+                    try:
+                        write(view[start : start + SEND_CHUNK])
+                    except ssl.SSLError as exc:
+                        raise OSError(f"TLS write failed: {exc.reason or exc}") from None
+                    ciphertext = read()
+                sendall(ciphertext)
 
     def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0) -> int:
         """Fill ``buffer`` with decrypted bytes: everything already received and decryptable, at
