@@ -261,3 +261,40 @@ def test_dial_unreachable_proxy() -> None:
     url = parse_proxy_url(f"http://127.0.0.1:{port}")
     with pytest.raises(ProxyError, match=rf"proxy http://127.0.0.1:{port} is unreachable: Connection refused"):
         dial_via_proxy(url, "127.0.0.1", "vpn.example", 443, 5)
+
+
+def fake_socks5(reply_code: int) -> tuple[socket.socket, list[bytes]]:
+    """A one-shot loopback SOCKS5 server wanting user/pass; records the auth and CONNECT messages."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            seen.append(conn.recv(100))  # greeting
+            conn.sendall(b"\x05\x02")
+            seen.append(conn.recv(600))  # user/pass
+            conn.sendall(b"\x01\x00")
+            seen.append(conn.recv(300))  # CONNECT
+            conn.sendall(bytes([5, reply_code, 0]) + encode_socks_address("192.0.2.99", 4242) + b"SERVER-FIRST")
+            conn.recv(1)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, seen
+
+
+def test_socks5h_dial_with_credentials() -> None:
+    listener, seen = fake_socks5(0)
+    with listener:
+        url = parse_proxy_url(f"socks5h://bob:pw@127.0.0.1:{listener.getsockname()[1]}")
+        with dial_via_proxy(url, "127.0.0.1", "vpn.example", 443, 5) as sock:
+            assert sock.recv(100) == b"SERVER-FIRST"
+    assert seen == [b"\x05\x02\x00\x02", b"\x01\x03bob\x02pw", b"\x05\x01\x00\x03\x0bvpn.example\x01\xbb"]
+
+
+def test_socks5_refusal_is_one_line() -> None:
+    listener, _ = fake_socks5(5)
+    with listener:
+        url = parse_proxy_url(f"socks5h://bob:pw@127.0.0.1:{listener.getsockname()[1]}")
+        with pytest.raises(ProxyError, match="the SOCKS5 proxy could not connect: connection refused"):
+            dial_via_proxy(url, "127.0.0.1", "vpn.example", 443, 5)
