@@ -400,7 +400,7 @@ def tls_port(settings: ServerSettings, tls: bool, fallback: str | None) -> TlsPo
     if settings.tls_cert is None or settings.tls_key is None:
         raise UserError("TLS mode needs a certificate: run server.py init --tls [--server-name NAME] first")
     check_certificate(settings.tls_cert, settings.tls_key)
-    address = parse_endpoint(fallback) if fallback else None
+    address = parse_endpoint(fallback, default_port=80) if fallback else None
     return TlsPort(server_context(settings.tls_cert, settings.tls_key), Fallback(address))
 
 

@@ -287,6 +287,13 @@ def test_probes_get_the_website_never_a_reject(company) -> None:
     assert lab.alice.ns.ping(lab.server_ip, count=3, interval=0.1).all_answered
     assert lab.server_process.log().count("client alice connected") == 1
 
+    # A client this server does not know gets the website too, and its user is told why.
+    mallory, _ = lab.register("mallory")
+    lab.server_cli("remove-client", "mallory", check=True)
+    argv = lab.client_argv(lab.alice, "--tun", lab.ifname("c9"), endpoint=lab.endpoint, profile=mallory)
+    refused = lab.alice.ns.run(*argv, timeout=30)
+    netlab.assert_user_error(refused, "answered like a web server", "PublicKey")
+
     # Without --fallback: the 404 page of a minimal web server.
     lab.server_process.terminate()  # type: ignore[union-attr]
     lab.start_server()
