@@ -163,3 +163,16 @@ def test_relay_ends_when_idle() -> None:
     start = time.monotonic()
     relay(front_end, web_end, idle=0.3, deadline=time.monotonic() + 10)
     assert 0.2 < time.monotonic() - start < 3
+
+
+@given(st.lists(st.binary(min_size=1, max_size=600), max_size=4))
+def test_the_front_survives_any_bytes(context, chunks: list[bytes]) -> None:
+    """Whatever a stranger sends, in whatever pieces: an outcome or a wait, never an exception."""
+    front = TlsFront(context, classify_first_frame)
+    for chunk in chunks:
+        front.receive(chunk)
+        front.outgoing()
+    front.timed_out()
+    assert front.outcome in (Outcome.WEB_CLEAR, Outcome.WEB_TLS, Outcome.CLOSE)
+    if front.outcome is Outcome.WEB_CLEAR:
+        assert front.received == chunks[0]
