@@ -175,6 +175,8 @@ class TlsCarrier:
         self._ssl_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._pushback = memoryview(received) if received else None
+        self._drained = False
+        """True once a read found no complete record left: the next one goes to the socket first."""
         self._raw = bytearray(RECV_CHUNK)
         self._raw_view = memoryview(self._raw)
         self.first_bytes = bytes(received[:8])
@@ -226,6 +228,14 @@ class TlsCarrier:
             self._pushback = rest if rest else None
         read, ssl_lock, incoming = self._ssl.read, self._ssl_lock, self._incoming
         while filled < size:
+            if self._drained and not incoming.pending:  # nothing left to decrypt: to the socket
+                if filled:
+                    break
+                received = self.sock.recv_into(self._raw)
+                if not received:
+                    break  # TCP closed without close_notify: treat it as the end, as browsers do
+                with ssl_lock:
+                    incoming.write(self._raw_view[:received])
             with ssl_lock:
                 try:
                     count = read(size - filled, view[filled:])
@@ -242,14 +252,11 @@ class TlsCarrier:
                 if not self.first_bytes:
                     self.first_bytes = bytes(view[filled : filled + min(count, 8)])
                 filled += count
-                continue
-            if count == 0 or filled:
+                self._drained = False
+            elif count == 0:
                 break
-            received = self.sock.recv_into(self._raw)
-            if not received:
-                break  # TCP closed without close_notify: treat it as the end, as browsers do
-            with ssl_lock:
-                incoming.write(self._raw_view[:received])
+            else:
+                self._drained = True  # OpenSSL took every received byte: only the socket has more
         return filled
 
     def _send_pending(self) -> None:
