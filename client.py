@@ -4,6 +4,8 @@
     client.py run --config PROFILE [--tun tun-client0] [--endpoint HOST:PORT] [--icmp-reply]
                   [--full-tunnel | --route CIDR ...] [--kill-switch] [--proxy URL] [-v]
     client.py cleanup [-v]      # undo what a crashed run left: routes, firewall tables, DNS
+    client.py daemon [--socket PATH] [--group tunlib] [--state-dir DIR] [--tun NAME]
+    client.py import|list|remove|connect|disconnect|status ...   # as a user: see usercommands.py
 
 Order matters:
 1. With ``--kill-switch``, the firewall goes up first, so nothing leaks even before the tunnel.
@@ -31,8 +33,9 @@ from dataclasses import dataclass
 import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
 from carrier import TlsCarrier, TlsError, client_handshake_tls
 from config import Profile, format_endpoint, parse_endpoint
+from daemon import DEFAULT_GROUP, DEFAULT_SOCKET, DEFAULT_STATE_DIR, run_daemon
 from errors import UserError
-from gateway import ClientGateway
+from gateway import HALF_ROUTES, ClientGateway
 from journal import Journal, journal_path
 from messages import SessionSettings
 from netsetup import configure_interface
@@ -41,6 +44,7 @@ from runtime import StopRequested, StopSignal, add_cleanup_command, require_net_
 from session import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, HandshakeFailed, client_handshake, dial, tune_carrier
 from tundev import TunDevice, open_tun
 from tunlib import LinkClosed, PeerLink, Waker, make_client_deliver, pump_tun_to_link
+from usercommands import add_user_commands
 
 log = logging.getLogger("client")
 
@@ -84,13 +88,23 @@ class Route:
 class Tunnel:
     """The client's long-lived state: TUN, host changes, and the current session."""
 
-    def __init__(self, args: argparse.Namespace, profile: Profile, route: Route) -> None:
+    def __init__(
+        self, args: argparse.Namespace, profile: Profile, route: Route, stop: StopSignal | None = None
+    ) -> None:
         self.args = args
         self.profile = profile
         self.route = route
         self.endpoint = route.describe()
-        self.stop = StopSignal()
-        self.stop.on_usr1(self.log_stats)
+        self.stop = stop or StopSignal()
+        self.state = "connecting"
+        """connecting, connected or reconnecting: what ``client.py status`` shows."""
+        self.connected_since: float | None = None
+        self.routes: list[str] = []
+        self.dns: list[str] = []
+        """The routes and DNS servers this tunnel put in force, for ``status``."""
+        self.give_up_after: int | None = None
+        """Failed reconnects after which :meth:`run` raises instead of retrying (the daemon fails
+        over to another server); None retries for ever, as ``client.py run`` does."""
         self.journal = Journal(journal_path("client", args.tun))
         self.gateway = ClientGateway(self.journal, args.tun)
         self.tun: TunDevice | None = None
@@ -134,16 +148,24 @@ class Tunnel:
         if self.args.kill_switch:
             self.gateway.kill_switch(self.route.hop_ip, self.route.hop_port)
         self.settings, self.link = self.connect()
+        if self.stop.is_set():  # the daemon's disconnect arrived while we dialled
+            raise StopRequested(self.stop.signal_name)
         settings = self.settings
         self.tun = open_tun(self.args.tun, offload=settings.offload)
         if settings.offload and not self.tun.offload:
             raise UserError("the server uses offload mode but this kernel refused IFF_VNET_HDR")
         configure_interface(self.tun.name, settings.address, settings.mtu)
+        self.routes = [str(settings.address.network)]
         if self.args.full_tunnel:
             self.gateway.full_tunnel(self.route.hop_ip)
             self.gateway.dns(settings.dns)
+            self.routes += HALF_ROUTES
+            self.dns = [str(d) for d in settings.dns]
         else:
-            self.gateway.split_routes([*settings.routes, *self.args.route])
+            split = [*settings.routes, *self.args.route]
+            self.gateway.split_routes(split)
+            self.routes += [str(net) for net in split]
+        self.state, self.connected_since = "connected", time.time()
         log.info(
             "connected to %s as %s on %s (%s mode, MTU %d)",
             self.endpoint,
@@ -198,6 +220,8 @@ class Tunnel:
         Gives up (raising) only if the server changed our settings.
         """
         while not self.stop.is_set():
+            if self.give_up_after is not None and self.failures >= self.give_up_after:
+                raise UserError(f"{self.endpoint} failed {self.failures} times in a row")
             if self.failures:
                 delay = RECONNECT_BACKOFF[min(self.failures, len(RECONNECT_BACKOFF)) - 1]
                 log.info("reconnecting in %d s", delay)
@@ -219,6 +243,7 @@ class Tunnel:
                     "the server changed this client's settings (address, MTU, mode, DNS): restart the client"
                 )
             log.info("reconnected to %s", self.endpoint)
+            self.state = "connected"
             return link
         return None
 
@@ -232,6 +257,7 @@ class Tunnel:
                 break
             self.failures = 0 if time.monotonic() - started >= STABLE_SESSION else self.failures + 1
             log.warning("connection to the server lost: %s", reason)
+            self.state = "reconnecting"
             link = self.reconnect()
         log.info("%s received, shutting down", self.stop.signal_name or "stop")
         return 0
@@ -282,6 +308,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     require_net_admin()
     profile = Profile.load(args.config)
     tunnel = Tunnel(args, profile, plan_route(args, profile))
+    tunnel.stop.on_usr1(tunnel.log_stats)
     tunnel.journal.claim("client.py")  # refuses, changing nothing, if a live client owns this TUN
     try:
         tunnel.setup()
@@ -291,6 +318,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     finally:
         tunnel.teardown()
+
+
+def open_daemon_tunnel(profile: Profile, endpoint: str, options: list[str], stop: StopSignal) -> Tunnel:
+    """A tunnel for the daemon, built from a ``run`` command line exactly as ``run`` builds its own."""
+    args = build_parser().parse_args(["run", "--config", profile.name, "--endpoint", endpoint, *options])
+    return Tunnel(args, profile, plan_route(args, profile), stop)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    return run_daemon(args, open_daemon_tunnel)
 
 
 def cidr(text: str) -> ipaddress.IPv4Network:
@@ -332,6 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
     add_cleanup_command(sub, "client", "routes, firewall and DNS changes")
+
+    p = sub.add_parser("daemon", help="serve the user commands as root", description="serve the user commands as root")
+    p.add_argument("--socket", default=DEFAULT_SOCKET, help=f"control socket (default {DEFAULT_SOCKET}, mode 0660)")
+    p.add_argument("--group", default=DEFAULT_GROUP, help=f"group whose members may use it (default {DEFAULT_GROUP})")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"imported profiles (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--tun", default="tun-client0", help="TUN interface name (default tun-client0)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_daemon)
+    add_user_commands(sub)
     return parser
 
 

@@ -5,6 +5,8 @@ Server state directory (created by ``server.py init``, mode 0700)::
     DIR/server.json         settings: subnet, listen address, endpoint, MTU, transport (tcp or tls)
     DIR/server.key          the server's X25519 private key, base64, mode 0600
     DIR/tls.crt, tls.key    the self-signed TLS certificate ``init --tls`` makes when given none
+    DIR/run.json            ``run`` options stored by ``server.py set`` (0600); flags override them
+    DIR/control.sock        the running server's status socket (``server.py status``)
     DIR/clients/NAME.json   one registered client: public key, preshared key, address (0600)
 
 The server never stores a client's private key: ``add-client`` prints it once, inside the
@@ -17,6 +19,7 @@ profile, and forgets it. A profile is an INI file in the spirit of a WireGuard c
     PublicKey = <base64>
     PresharedKey = <base64>
     Endpoint = vpn.example.com:55555
+    Endpoint = vpn2.example.com:443       (optional: more servers to fail over to)
     Transport = tls                 (only in TLS mode; absent means tcp)
     ServerName = vpn.example.com    (TLS mode: the SNI the client sends)
 
@@ -104,6 +107,16 @@ def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
     return host, int(port_text)
 
 
+def resolve_endpoint(endpoint: str) -> tuple[str, int]:
+    """Resolve the server's name once, before DNS or routes change, and pin the address."""
+    host, port = parse_endpoint(endpoint)
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
+    return infos[0][4][0], port
+
+
 def format_endpoint(host: str, port: int) -> str:
     """The inverse of :func:`parse_endpoint`: brackets around an IPv6 host."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -173,6 +186,7 @@ class ServerState:
         self.clients_dir = self.dir / "clients"
         self.tls_cert_path = self.dir / "tls.crt"
         self.tls_key_path = self.dir / "tls.key"
+        self.run_path = self.dir / "run.json"
 
     # -- init ---------------------------------------------------------------
     def init(
@@ -251,6 +265,14 @@ class ServerState:
             log.info("made a self-signed TLS certificate for %s: %s", name, self.tls_cert_path)
             cert, key = str(self.tls_cert_path), str(self.tls_key_path)
         return {"transport": "tls", "server_name": name, "tls_cert": str(cert), "tls_key": str(key)}
+
+    # -- stored run options (server.py set) ---------------------------------
+    def run_options(self) -> dict:
+        """The ``run`` options stored by ``server.py set`` (DIR/run.json), as JSON values."""
+        return _read_json(self.run_path) if self.run_path.exists() else {}
+
+    def save_run_options(self, options: dict) -> None:
+        write_private_file(self.run_path, json.dumps(options, indent=2, sort_keys=True) + "\n")
 
     # -- reading ------------------------------------------------------------
     def _require_init(self) -> None:
@@ -363,7 +385,13 @@ class ServerState:
             + "\n",
         )
         profile = Profile(
-            name, private, self.public_key(), record.psk, settings.endpoint, settings.transport, settings.server_name
+            name,
+            private,
+            self.public_key(),
+            record.psk,
+            settings.endpoint,
+            transport=settings.transport,
+            server_name=settings.server_name,
         )
         return record, profile.render(f"{ip}/{settings.subnet.prefixlen}")
 
@@ -406,6 +434,29 @@ def _default_endpoint(listen: str) -> str:
     return f"{host}:{port}"
 
 
+def split_endpoints(text: str) -> tuple[str, list[str]]:
+    """Take the repeated ``Endpoint`` lines of ``[Server]`` out of a profile's text.
+
+    Returns the text with every ``Endpoint`` line but the first removed (so ``configparser``,
+    which refuses repeated keys, still rejects every other duplicate), and the values of all
+    of them, in order. A profile may list several servers, as OpenVPN allows several
+    ``remote`` lines.
+    """
+    section, kept, values = "", [], []
+    for raw in text.splitlines(keepends=True):
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        else:
+            key, sep, value = line.partition("=")
+            if section == "Server" and sep and not raw[:1].isspace() and key.strip().lower() == "endpoint":
+                values.append(value.strip())
+                if len(values) > 1:
+                    continue
+        kept.append(raw)
+    return "".join(kept), values
+
+
 @dataclass(frozen=True)
 class Profile:
     """Everything a client needs to reach its server."""
@@ -415,6 +466,14 @@ class Profile:
     server_public_key: bytes
     psk: bytes
     endpoint: str
+    more_endpoints: tuple[str, ...] = ()
+    """Further ``Endpoint =`` lines: other servers (or ports) that accept this profile."""
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every endpoint, in the profile's order: the candidates ``client.py connect`` tries."""
+        return (self.endpoint, *self.more_endpoints)
+
     transport: str = "tcp"
     server_name: str | None = None
     """TLS mode: the SNI; None sends none."""
@@ -435,14 +494,13 @@ class Profile:
             f"\n"
             f"[Server]\n"
             f"PublicKey = {encode_key(self.server_public_key)}\n"
-            f"PresharedKey = {encode_key(self.psk)}\n"
-            f"Endpoint = {self.endpoint}\n"
-            f"{tls}"
+            f"PresharedKey = {encode_key(self.psk)}\n" + "".join(f"Endpoint = {e}\n" for e in self.endpoints) + tls
         )
 
     @classmethod
     def parse(cls, text: str, source: str) -> Profile:
         parser = configparser.ConfigParser(interpolation=None)
+        text, endpoints = split_endpoints(text)
         try:
             parser.read_string(text, source=source)
             client, server = parser["Client"], parser["Server"]
@@ -450,7 +508,7 @@ class Profile:
             private = decode_key(client["PrivateKey"], f"{source}: [Client] PrivateKey")
             server_key = decode_key(server["PublicKey"], f"{source}: [Server] PublicKey")
             psk = decode_key(server["PresharedKey"], f"{source}: [Server] PresharedKey")
-            endpoint = server["Endpoint"]
+            endpoints = endpoints or [server["Endpoint"]]
             transport = server.get("Transport", "tcp").strip().lower()
             server_name = server.get("ServerName")
             proxy = client.get("Proxy")
@@ -458,10 +516,11 @@ class Profile:
             raise UserError(f"{source}: not a valid profile ({exc.message.splitlines()[0]})") from None
         except KeyError as exc:
             raise UserError(f"{source}: not a valid profile (missing {exc})") from None
-        try:
-            parse_endpoint(endpoint)
-        except UserError as exc:
-            raise UserError(f"{source}: [Server] Endpoint: {exc}") from None
+        for endpoint in endpoints:
+            try:
+                parse_endpoint(endpoint)
+            except UserError as exc:
+                raise UserError(f"{source}: [Server] Endpoint: {exc}") from None
         if transport not in TRANSPORTS:
             raise UserError(f"{source}: [Server] Transport must be one of {', '.join(TRANSPORTS)}")
         if server_name is not None:
@@ -473,7 +532,17 @@ class Profile:
                 parse_proxy_url(proxy)
             except ProxyError as exc:
                 raise UserError(f"{source}: [Client] Proxy: {exc}") from None
-        return cls(name, private, server_key, psk, endpoint, transport, server_name, proxy)
+        return cls(
+            name,
+            private,
+            server_key,
+            psk,
+            endpoints[0],
+            tuple(endpoints[1:]),
+            transport=transport,
+            server_name=server_name,
+            proxy=proxy,
+        )
 
     @classmethod
     def load(cls, path: str) -> Profile:

@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from errors import UserError
@@ -58,15 +59,19 @@ def route_to(address: str) -> list[str]:
     return spec
 
 
-def killswitch_ruleset(table: str, tun: str, server: str, port: int) -> str:
+def killswitch_ruleset(table: str, tun: str, server: str, port: int, also: Sequence[tuple[str, int]] = ()) -> str:
     """Drop everything leaving by any interface but the TUN and loopback, except the carrier
-    connection to the server and DHCP, so nothing leaks while the tunnel is down."""
+    connection to the server and DHCP, so nothing leaks while the tunnel is down.
+
+    ``also`` names more servers the carrier may reach: the daemon's failover candidates.
+    """
+    carriers = "\n        ".join(f"ip daddr {ip} tcp dport {p} accept" for ip, p in [(server, port), *also])
     return f"""table inet {table} {{
     chain output {{
         type filter hook output priority filter; policy drop;
         oifname "lo" accept
         oifname "{tun}" accept
-        ip daddr {server} tcp dport {port} accept
+        {carriers}
         udp sport 68 udp dport 67 accept
         udp sport 546 udp dport 547 accept
         {IPV6_LINK_KEEPALIVE}
@@ -110,10 +115,11 @@ class ClientGateway:
         self.journal = journal
         self.tun = tun
 
-    def kill_switch(self, server: str, port: int) -> None:
+    def kill_switch(self, server: str, port: int, also: Sequence[tuple[str, int]] = ()) -> None:
         table = nft_name("ks", self.tun)
-        self.journal.add_nft_table("inet", table, killswitch_ruleset(table, self.tun, server, port))
-        log.info("kill switch on: only %s:%d and the tunnel may be reached", server, port)
+        self.journal.add_nft_table("inet", table, killswitch_ruleset(table, self.tun, server, port, also))
+        servers = ", ".join(f"{ip}:{p}" for ip, p in [(server, port), *also])
+        log.info("kill switch on: only %s and the tunnel may be reached", servers)
 
     def full_tunnel(self, server: str) -> None:
         host_route = route_to(server)

@@ -53,12 +53,16 @@ class StopSignal:
     there would deadlock. Writing a byte to a pipe is safe anywhere.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, handle_signals: bool = True) -> None:
+        """``handle_signals=False`` makes a flag that only threads raise: the daemon's tunnels
+        run in worker threads, where signal handlers cannot be installed (the daemon's main
+        thread handles SIGTERM and raises each tunnel's flag)."""
         self._read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.signal_name = ""
         self._interrupt = False
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+        if handle_signals:
+            signal.signal(signal.SIGINT, self._handle)
+            signal.signal(signal.SIGTERM, self._handle)
 
     @staticmethod
     def on_usr1(callback: Callable[[], None]) -> None:
@@ -98,6 +102,16 @@ class StopSignal:
 
     def is_set(self) -> bool:
         return self.wait(0)
+
+    def request(self, reason: str) -> None:
+        """Stop as a signal would, from any thread; ``reason`` stands in for the signal's name."""
+        self.signal_name = reason
+        self.set()
+
+    def close(self) -> None:
+        """Release the pipe (a daemon makes one flag per tunnel; ``run`` keeps its one for life)."""
+        os.close(self._read_fd)
+        os.close(self._write_fd)
 
     def clear(self) -> None:
         """Lower the flag raised by a thread; a signal, once received, stays raised."""

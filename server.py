@@ -8,6 +8,8 @@
     server.py remove-client NAME --state-dir DIR
     server.py run --state-dir DIR [--listen HOST:PORT] [--tun tun0] [--icmp-reply] [--no-offload]
                   [--nat [--egress IFACE]] [--dns IP] [--tls] [--fallback HOST:PORT] [-v]
+    server.py set --state-dir DIR [any run option ...] [--unset OPTION]   # stored; run uses them
+    server.py status --state-dir DIR [--json]    # what the running server sees, like 'wg show'
     server.py cleanup           # undo NAT rules and sysctls left by a crashed run
 
 Threads while running: one accepts connections; one reads the TUN and routes each packet to
@@ -23,17 +25,30 @@ import argparse
 import contextlib
 import errno
 import ipaddress
+import json
 import logging
 import socket
 import ssl
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
 from carrier import TlsCarrier, server_context
-from config import ClientRecord, ServerSettings, ServerState, check_certificate, encode_key, parse_endpoint
+from config import (
+    ClientRecord,
+    ServerSettings,
+    ServerState,
+    check_certificate,
+    encode_key,
+    format_endpoint,
+    parse_endpoint,
+)
+from control import ControlError, Request, drop_counters, iso_time, request
+from controlsock import ControlSocket, Handler, Peer, Reply, call
 from errors import UserError
 from journal import Journal, journal_path
 from messages import ClientHello, SessionSettings
@@ -41,6 +56,7 @@ from nat import enable_nat
 from netsetup import configure_interface
 from portshare import Fallback, Outcome, TlsFront, classify_first_frame, drive_front
 from runtime import StopSignal, add_cleanup_command, require_net_admin, run_main
+from sdnotify import sd_notify
 from session import HANDSHAKE_TIMEOUT, Admission, HandshakeFailed, ReplayGuard, server_handshake, tune_carrier
 from tundev import TunDevice, open_tun
 from tunlib import ClientSession, LinkClosed, PeerLink, ServerRouter, Waker, pump_queue_to_link
@@ -54,6 +70,9 @@ SHUTDOWN_JOIN_TIMEOUT = 1.0
 """All threads together get this long to finish at shutdown (the promise is 2 s in all)."""
 ACCEPT_RETRY_DELAY = 0.1
 REGISTRY_POLL_INTERVAL = 2.0
+REFUSAL_REASONS = ("handshake_failed", "too_many_handshakes")
+CONTROL_SOCKET = "control.sock"
+"""The running server's status socket, inside the (root-only, 0700) state directory."""
 MAX_DNS_SERVERS = 3
 """glibc's resolver reads at most three nameserver lines (MAXNS)."""
 
@@ -105,6 +124,10 @@ class Server:
         self.connections: set[threading.Thread] = set()
         """One thread per connection: its handshake, then its receiver."""
         self.connections_lock = threading.Lock()
+        self.refused: Counter[str] = Counter()
+        """Connections turned away, by reason: what ``server.py status`` shows of attacks."""
+        self.origins: dict[ClientSession, tuple[str, float]] = {}
+        """Each live session's remote endpoint and the time it was attached (for ``status``)."""
 
     # -- admission policy ---------------------------------------------------
     def lookup(self, public_key: bytes) -> ClientRecord | None:
@@ -161,6 +184,7 @@ class Server:
                 continue
             if not self.pending.acquire(blocking=False):
                 log.warning("too many handshakes in progress; dropping connection from %s", peer[0])
+                self.refused["too_many_handshakes"] += 1
                 sock.close()
                 continue
             thread = threading.Thread(
@@ -179,12 +203,14 @@ class Server:
                 admitted = self.admit(sock) if self.tls is not None else server_handshake(sock, self.admission)
             except (HandshakeFailed, OSError) as exc:
                 log.info("refused connection from %s: %s", where, exc)
+                self.refused["handshake_failed"] += 1
                 sock.close()
                 return
             finally:
                 self.pending.release()
             if isinstance(admitted, WebVisitor):
                 assert self.tls is not None
+                self.refused["handshake_failed"] += 1  # not a tunlib client: the website's visitor
                 self.tls.fallback.serve(admitted.conn, admitted.received, admitted.encrypted, where)
                 return
             self.run_session(*admitted, where)
@@ -228,6 +254,7 @@ class Server:
         if replaced is not None:
             log.info("client %s reconnected; closing its previous connection", record.name)
             replaced.close()
+        self.origins[session] = (where, time.time())
         log.info("client %s connected from %s as %s", record.name, where, settings.address.ip)
         sender = threading.Thread(target=self._run_sender, args=(session,), name=f"send-{record.name}", daemon=True)
         sender.start()
@@ -238,6 +265,7 @@ class Server:
                 log.info("client %s disconnected: %s", record.name, exc)
         finally:
             self.router.detach(session)
+            self.origins.pop(session, None)
             session.close()
             sender.join(SHUTDOWN_JOIN_TIMEOUT)
             if not self.stopping.is_set():  # at shutdown, stop() has logged every client
@@ -254,6 +282,42 @@ class Server:
         log.info("server stats: %s; clients connected: %d", self.router.counters.summary(), len(sessions))
         for s in sessions:
             log.info("client %s stats: %s", s.name, s.stats())
+
+    def status(self) -> dict[str, Any]:
+        """``server.py status``: the listener, refusals, and every registered client, connected or not."""
+        sessions = {s.public_key: s for s in list(self.router.sessions.values())}
+        clients = []
+        for record in self.state.readable_clients():
+            session = sessions.get(record.public_key)
+            endpoint, since = self.origins.get(session, (None, None)) if session is not None else (None, None)
+            counters = session.link.counters if session is not None else None
+            dropped = drop_counters(counters)
+            if session is not None:
+                dropped["queue_full"] = session.queue.dropped
+            clients.append(
+                {
+                    "name": record.name,
+                    "address": str(record.address),
+                    "endpoint": endpoint,
+                    "connected_since": iso_time(since),
+                    "last_handshake": None if session is None else round(time.time() - session.link.handshake_at, 1),
+                    "rx_bytes": counters.rx_bytes if counters else 0,
+                    "tx_bytes": counters.tx_bytes if counters else 0,
+                    "rx_packets": counters.rx_packets if counters else 0,
+                    "tx_packets": counters.tx_packets if counters else 0,
+                    "dropped": dropped,
+                }
+            )
+        host, port = self.listener.getsockname()[:2]
+        return {
+            "listen": format_endpoint(host, port),
+            "transport": "tcp" if self.tls is None else "tls",
+            "tun": self.tun.name,
+            "address": str(self.settings.server_interface),
+            "mode": "offload" if self.tun.offload else "plain",
+            "refused": {reason: self.refused[reason] for reason in REFUSAL_REASONS},
+            "clients": clients,
+        }
 
     def stop(self) -> None:
         """Close everything in an order that wakes every thread, then remove the TUN."""
@@ -304,6 +368,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         cert=args.cert,
         key=args.key,
     )
+    if given := given_run_options(args):
+        state.save_run_options({**state.run_options(), **given})
     settings = state.settings()
     print(encode_key(state.public_key()))
     log.info(
@@ -346,6 +412,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     state = ServerState(args.state_dir)
     settings = state.settings()
     state.private_key()
+    apply_run_options(args, state)
     if len(args.dns) > MAX_DNS_SERVERS:
         raise UserError(f"at most {MAX_DNS_SERVERS} --dns servers (the resolver reads no more)")
     tls = tls_port(settings, args.tls, args.fallback)
@@ -370,6 +437,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         stop.on_usr1(server.log_stats)
         server.start()
+        try:
+            control: ControlSocket | None = ControlSocket(state.dir / CONTROL_SOCKET, serve_status(server), root_only)
+        except UserError as exc:  # e.g. a state directory too deep for a socket path: serve anyway
+            log.warning("no status socket, 'server.py status' will not work: %s", exc)
+            control = None
         log.info(
             "serving on %s%s, %s %s in %s mode%s",
             args.listen or settings.listen,
@@ -379,8 +451,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             "offload" if tun.offload else "plain",
             ", answering pings in user space" if args.icmp_reply else "",
         )
+        sd_notify("READY=1")
         stop.wait()
         log.info("%s received, shutting down", stop.signal_name)
+        sd_notify("STOPPING=1")
+        if control is not None:
+            control.close()
         server.stop()
     finally:
         if listener is not None:
@@ -409,11 +485,143 @@ def describe_tls(settings: ServerSettings, fallback: str | None) -> str:
     return f" with TLS (server name {settings.server_name}; {site})"
 
 
+def root_only(peer: Peer) -> str | None:
+    return None if peer.uid == 0 else "permission denied: the server's status is for root only"
+
+
+def serve_status(server: Server) -> Handler:
+    def handle(request: Request, _peer: Peer, _reply: Reply) -> dict[str, Any]:
+        if request.command != "status":
+            raise ControlError(f"the server answers only 'status', not {request.command!r}")
+        return server.status()
+
+    return handle
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = ServerState(args.state_dir)
+    state.settings()
+    path = state.dir / CONTROL_SOCKET
+    if not path.exists():
+        raise UserError(f"no server is running with {state.dir} (no {path})")
+    status = call(path, request("status"), what="the server")
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(
+        f"listening on {status['listen']} ({status['transport']}), {status['tun']} {status['address']}, "
+        f"{status['mode']} mode"
+    )
+    refused = ", ".join(f"{k} {v}" for k, v in status["refused"].items())
+    print(f"refused: {refused}")
+    for c in status["clients"]:
+        print(f"\nclient: {c['name']}\n  address: {c['address']}")
+        if c["connected_since"] is None:
+            print("  (not connected)")
+            continue
+        drops = ", ".join(f"{k} {v}" for k, v in c["dropped"].items() if v) or "none"
+        print(
+            f"  endpoint: {c['endpoint']}\n  connected since: {c['connected_since']}\n"
+            f"  latest handshake: {c['last_handshake']:.0f} seconds ago\n"
+            f"  transfer: {c['rx_bytes']} B received ({c['rx_packets']} packets), "
+            f"{c['tx_bytes']} B sent ({c['tx_packets']} packets)\n  dropped: {drops}"
+        )
+    return 0
+
+
 def ipv4(text: str) -> ipaddress.IPv4Address:
     try:
         return ipaddress.IPv4Address(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an IPv4 address: {text!r}") from None
+
+
+RUN_DEFAULTS: dict[str, Any] = {
+    "tun": "tun0",
+    "icmp_reply": False,
+    "no_offload": False,
+    "nat": False,
+    "egress": None,
+    "dns": [],
+    "fallback": None,
+}
+"""The ``run`` options that ``set`` (and ``init``) can store, and their defaults when neither the
+command line nor the stored options (DIR/run.json) give them. ``--listen`` lives in server.json."""
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``run``, ``set`` and ``init``. Their default is "absent" (SUPPRESS), so a
+    command knows exactly which were given; :func:`apply_run_options` fills in the rest."""
+    absent = argparse.SUPPRESS
+    p.add_argument("--tun", default=absent, help="TUN interface name (default tun0)")
+    p.add_argument(
+        "--icmp-reply",
+        action="store_true",
+        default=absent,
+        help="answer pings to the server's tunnel address in user space",
+    )
+    p.add_argument(
+        "--no-offload", action="store_true", default=absent, help="plain mode: one packet per frame, no TUN offloads"
+    )
+    p.add_argument(
+        "--nat", action="store_true", default=absent, help="be the clients' internet gateway: forward and masquerade"
+    )
+    p.add_argument(
+        "--egress", default=absent, metavar="IFACE", help="interface for --nat (default: that of the default route)"
+    )
+    p.add_argument(
+        "--dns", type=ipv4, action="append", default=absent, metavar="IP", help="DNS server pushed to clients"
+    )
+    p.add_argument(
+        "--fallback",
+        default=absent,
+        metavar="HOST:PORT",
+        help="TLS mode: relay everyone who is not a tunlib client to this plain-HTTP web server (default: a 404)",
+    )
+
+
+def given_run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The run options on this command line, as JSON values."""
+    given = {key: getattr(args, key) for key in RUN_DEFAULTS if hasattr(args, key)}
+    if "dns" in given:
+        given["dns"] = [str(ip) for ip in given["dns"]]
+    return given
+
+
+def apply_run_options(args: argparse.Namespace, state: ServerState) -> None:
+    """Fill in every run option not on the command line: stored value, else the default."""
+    stored = state.run_options()
+    for key, default in RUN_DEFAULTS.items():
+        if hasattr(args, key):
+            continue
+        if key not in stored:
+            setattr(args, key, default)
+            continue
+        value = stored[key]
+        try:
+            if key == "dns":
+                if not isinstance(value, list):
+                    raise ValueError
+                value = [ipv4(ip) for ip in value]
+            elif not isinstance(value, type(default) if default is not None else str):
+                raise ValueError
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            raise UserError(f"{state.run_path}: bad stored value for {key!r}: fix it with 'server.py set'") from None
+        setattr(args, key, value)
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    state = ServerState(args.state_dir)
+    state.settings()
+    if args.listen:
+        state.init(None, args.listen, None)
+    options = {**state.run_options(), **given_run_options(args)}
+    for name in args.unset:
+        options.pop(name.replace("-", "_"), None)
+    state.save_run_options(options)
+    shown = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(options.items())) or "(none: defaults)"
+    print(f"stored run options: {shown}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -438,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-name", metavar="NAME", help="TLS: the name clients send as SNI (default: the cert's)")
     p.add_argument("--cert", metavar="FILE", help="TLS: certificate chain (PEM); default: a self-signed one made here")
     p.add_argument("--key", metavar="FILE", help="TLS: the certificate's private key (PEM)")
+    add_run_options(p)
     p.set_defaults(func=cmd_init)
 
     p = add("add-client", "register a client with a fresh key pair; print its profile")
@@ -452,23 +661,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(func=cmd_remove_client)
 
-    p = add("run", "run the server until SIGINT/SIGTERM")
+    p = add("run", "run the server until SIGINT/SIGTERM (options not given come from 'set', then defaults)")
     p.add_argument("--listen", help="HOST:PORT to listen on (default: from init)")
-    p.add_argument("--tun", default="tun0", help="TUN interface name (default tun0)")
-    p.add_argument(
-        "--icmp-reply", action="store_true", help="answer pings to the server's tunnel address in user space"
-    )
-    p.add_argument("--no-offload", action="store_true", help="plain mode: one packet per frame, no TUN offloads")
-    p.add_argument("--nat", action="store_true", help="be the clients' internet gateway: forward and masquerade")
-    p.add_argument("--egress", metavar="IFACE", help="interface for --nat (default: that of the default route)")
-    p.add_argument("--dns", type=ipv4, action="append", default=[], metavar="IP", help="DNS server pushed to clients")
+    add_run_options(p)
     p.add_argument("--tls", action="store_true", help="TLS mode even if init did not record it (needs init's cert)")
-    p.add_argument(
-        "--fallback",
-        metavar="HOST:PORT",
-        help="TLS mode: relay everyone who is not a tunlib client to this plain-HTTP web server (default: a 404)",
-    )
     p.set_defaults(func=cmd_run)
+
+    p = add("set", "store 'run' options in the state directory; 'run' uses them unless overridden")
+    p.add_argument("--listen", help="HOST:PORT to listen on (stored in server.json)")
+    add_run_options(p)
+    p.add_argument(
+        "--unset",
+        action="append",
+        default=[],
+        choices=sorted(key.replace("_", "-") for key in RUN_DEFAULTS),
+        help="forget a stored option (repeatable)",
+    )
+    p.set_defaults(func=cmd_set)
+
+    p = add("status", "what the running server sees: listener, refusals, every client (root only)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
 
     add_cleanup_command(sub, "server", "NAT rules and sysctls")
     return parser

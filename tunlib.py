@@ -29,6 +29,7 @@ import os
 import select
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
@@ -94,6 +95,9 @@ class PeerLink:
         self._out_len = 0
         self.send_lock = threading.Lock()
         self.counters = Counters()
+        self.handshake_at = time.time()
+        """Wall-clock time of this link's last handshake (a link is made right after one) or
+        rekey: the one place ``status`` reads ``last_handshake`` from, on both ends."""
 
     # -- sending ------------------------------------------------------------
     def append(self, packet: bytes | memoryview) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 import sys
 import threading
@@ -231,7 +232,8 @@ def fake_proxy(answer: bytes) -> tuple[socket.socket, list[bytes]]:
                 data += conn.recv(4096)
             seen.append(data)
             conn.sendall(answer)
-            conn.recv(1)  # hold the connection until the client closes
+            with contextlib.suppress(OSError):
+                conn.recv(1)  # hold the connection until the client closes
 
     threading.Thread(target=serve, daemon=True).start()
     return listener, seen
@@ -277,7 +279,8 @@ def fake_socks5(reply_code: int) -> tuple[socket.socket, list[bytes]]:
             conn.sendall(b"\x01\x00")
             seen.append(conn.recv(300))  # CONNECT
             conn.sendall(bytes([5, reply_code, 0]) + encode_socks_address("192.0.2.99", 4242) + b"SERVER-FIRST")
-            conn.recv(1)
+            with contextlib.suppress(OSError):
+                conn.recv(1)
 
     threading.Thread(target=serve, daemon=True).start()
     return listener, seen

@@ -44,6 +44,15 @@ def test_killswitch_allows_only_tunnel_loopback_server_and_link_upkeep() -> None
     assert len(accepts) == 7, accepts
 
 
+def test_a_daemon_kill_switch_also_lets_the_carrier_reach_every_failover_candidate() -> None:
+    text = killswitch_ruleset("tunlib_ks_t", "tun-client0", "203.0.113.2", 55555, [("198.51.100.9", 443)])
+    assert "ip daddr 203.0.113.2 tcp dport 55555 accept" in text
+    assert "ip daddr 198.51.100.9 tcp dport 443 accept" in text
+    assert "ip daddr 198.51.100.9 tcp dport 55555" not in text
+    accepts = [line.strip() for line in text.splitlines() if line.strip().endswith("accept")]
+    assert len(accepts) == 8, accepts
+
+
 def test_nat_forwards_only_the_tunnel_subnet_between_tun_and_egress() -> None:
     text = nat_ruleset("tunlib_nat_tun0", SUBNET, "tun0", "eth0")
     assert 'oifname "eth0" ip saddr 10.0.0.0/24 masquerade' in text
