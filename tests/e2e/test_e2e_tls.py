@@ -309,6 +309,13 @@ def test_proxy_only_network(company) -> None:
     assert lab.alice.ns.ping(lab.server_ip, count=3, interval=0.1).all_answered
     assert PROXY_PASSWORD not in client.log()
     assert f"via proxy http://***@{lab.proxy_address}:{PROXY_PORT}" in client.log()
+    # The proxy goes away under an established session: retries with backoff, then back.
+    lab.tinyproxy.stop()
+    client.wait_for_log(rf"reconnect failed: .*proxy http://\*\*\*@{lab.proxy_address}:{PROXY_PORT} is unreachable")
+    lab.start_tinyproxy()
+    client.wait_for_log(r"reconnected to ")
+    assert lab.alice.ns.ping(lab.server_ip, count=2, interval=0.1).all_answered
+    assert PROXY_PASSWORD not in client.log()
     client.terminate()
 
     env_client = lab.alice.ns.spawn(
