@@ -12,7 +12,7 @@ between them and the socket itself, and every call into the SSL object holds ``_
 The lock is held only for the encryption or decryption itself (OpenSSL releases the GIL for it),
 never while waiting on the network, so the two directions overlap everywhere except inside
 OpenSSL. Record order on the wire must match encryption order: bytes are taken out of the
-outgoing BIO and written to the socket only under ``_send_lock``, in one piece.
+outgoing BIO and written to the socket only by the holder of ``_send_lock``, in that order.
 
 :class:`TlsCarrier` offers the socket methods the data path and the handshake use (``sendall``,
 ``recv_into``, ``settimeout``, ``shutdown``, ``close``, ``fileno``), so :class:`tunlib.PeerLink`
