@@ -2,7 +2,8 @@
 """tunlib client: connect to the server, then carry packets between a TUN and the connection.
 
     client.py run --config PROFILE [--tun tun-client0] [--endpoint HOST:PORT] [--icmp-reply]
-                  [--full-tunnel | --route CIDR ...] [--kill-switch] [--proxy URL] [-v]
+                  [--full-tunnel | --route CIDR ...] [--kill-switch] [--proxy URL]
+                  [--rekey-after SECONDS] [--keepalive SECONDS] [-v]
     client.py cleanup [-v]      # undo what a crashed run left: routes, firewall tables, DNS
     client.py daemon [--socket PATH] [--group tunlib] [--state-dir DIR] [--tun NAME]
     client.py import|list|remove|connect|disconnect|status ...   # as a user: see usercommands.py
@@ -14,9 +15,12 @@ Order matters:
    ``Transport = tls``, and completes the handshake *before* it creates its TUN, because the
    server's answer says which address, MTU and data-path mode the TUN must have.
 3. Routes and DNS follow, each recorded in a journal before it is made (see journal.py).
-4. Two threads carry packets: TUN -> socket and socket -> TUN (tunlib.py).
-5. If the connection drops, the TUN, routes, DNS and kill switch stay in place and the client
-   reconnects with backoff, like OpenVPN's persist-tun: traffic stalls rather than leaks.
+4. Two threads carry packets: TUN -> socket and socket -> TUN (tunlib.py). The second also
+   runs the timers: keepalives, rekeys every ``--rekey-after`` seconds, the dead-peer check.
+5. If the connection drops, or either thread fails for any reason, the session ends as a
+   whole; the TUN, routes, DNS and kill switch stay in place and the client reconnects with
+   backoff, like OpenVPN's persist-tun: traffic stalls rather than leaks. Only a deleted TUN
+   ends the client (an ``error:`` line, status 2), since no session could use it again.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
@@ -40,15 +45,25 @@ from journal import Journal, journal_path
 from messages import SessionSettings
 from netsetup import configure_interface
 from proxy import ProxyURL, dial_via_proxy, parse_proxy_url, proxy_from_environment
-from runtime import StopRequested, StopSignal, add_cleanup_command, require_net_admin, run_main
-from session import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, HandshakeFailed, client_handshake, dial, tune_carrier
+from rekey import KEEPALIVE, REKEY_AFTER_TIME, InitiatorRole, Policy
+from runtime import StopRequested, StopSignal, add_cleanup_command, add_timer_options, require_net_admin, run_main
+from session import (
+    CONNECT_TIMEOUT,
+    HANDSHAKE_TIMEOUT,
+    PROLOGUE,
+    HandshakeFailed,
+    client_handshake,
+    dial,
+    tune_carrier,
+)
 from tundev import TunDevice, open_tun
-from tunlib import LinkClosed, PeerLink, Waker, make_client_deliver, pump_tun_to_link
+from tunlib import PeerLink, SessionEnd, TunGone, Waker, make_client_deliver, pump_tun_to_link, supervise
 from usercommands import add_user_commands
 
 log = logging.getLogger("client")
 
 JOIN_TIMEOUT = 1.0
+"""How long a session's threads get to end once it is over (they are woken at once)."""
 RECONNECT_BACKOFF = (1, 2, 4, 8, 15, 30)
 """Seconds between reconnect attempts; the last value repeats."""
 STABLE_SESSION = 10.0
@@ -111,6 +126,8 @@ class Tunnel:
         self.settings: SessionSettings | None = None
         self.link: PeerLink | None = None
         self.waker = Waker()
+        self.lingering: list[threading.Thread] = []
+        """Session threads that did not end in time: while any lives, the TUN stays open."""
         self.failures = 0
         """Consecutive failed connects or short sessions: the backoff position."""
 
@@ -125,7 +142,7 @@ class Tunnel:
             try:
                 if self.profile.transport == "tls":
                     sock = client_handshake_tls(sock, self.profile.server_name, HANDSHAKE_TIMEOUT)
-                return client_handshake(sock, self.profile)
+                settings, link = client_handshake(sock, self.profile)
             except (HandshakeFailed, TlsError) as exc:
                 sock.close()
                 why = WEB_ANSWER if isinstance(sock, TlsCarrier) and sock.first_bytes.startswith(b"HTTP/") else exc
@@ -133,6 +150,15 @@ class Tunnel:
             except BaseException:
                 sock.close()
                 raise
+        policy = Policy.for_client(
+            self.args.rekey_after or REKEY_AFTER_TIME,
+            self.args.keepalive or KEEPALIVE,
+            settings.rekey_after or REKEY_AFTER_TIME,
+            settings.keepalive or KEEPALIVE,
+        )
+        profile = self.profile
+        link.configure(policy, InitiatorRole(profile.private_key, profile.server_public_key, profile.psk, PROLOGUE))
+        return settings, link
 
     def dial(self) -> socket.socket:
         """A TCP connection to the server, straight or through the proxy."""
@@ -175,44 +201,34 @@ class Tunnel:
             settings.mtu,
         )
 
-    def run_session(self, link: PeerLink) -> str | None:
-        """Carry packets until the link fails (returns why) or a signal arrives (returns None)."""
+    def run_session(self, link: PeerLink) -> SessionEnd | None:
+        """Carry packets until the session ends (returns why) or a signal arrives (returns None).
+
+        Both threads are supervised: whichever ends first, however (the link closed, a limit,
+        an exception), ends the session, and its reason is the one reported.
+        """
         assert self.tun is not None and self.settings is not None
-        tun, lost = self.tun, []
-        done = self.stop
-
-        def receiver() -> None:
-            deliver = make_client_deliver(tun, link, self.settings.address.ip.packed, self.args.icmp_reply)
-            try:
-                link.receive_packets(deliver)
-            except LinkClosed as exc:
-                lost.append(str(exc))
-            done.set()
-
-        def sender() -> None:
-            try:
-                pump_tun_to_link(tun, link, self.waker)
-            except LinkClosed as exc:
-                lost.append(str(exc))
-            done.set()
-
-        threads = [
-            threading.Thread(target=sender, name="tun-to-socket", daemon=True),
-            threading.Thread(target=receiver, name="socket-to-tun", daemon=True),
+        tun, done, end = self.tun, self.stop, SessionEnd()
+        deliver = make_client_deliver(tun, link, self.settings.address.ip.packed, self.args.icmp_reply)
+        pumps: list[tuple[str, Callable[[], None]]] = [
+            ("tun-to-socket", lambda: pump_tun_to_link(tun, link, self.waker)),
+            ("socket-to-tun", lambda: link.receive_packets(deliver)),
         ]
-        for thread in threads:
-            thread.start()
+        threads = [supervise(name, body, end, done.set) for name, body in pumps]
         done.wait()
         link.close()
         self.waker.wake()
         for thread in threads:
             thread.join(JOIN_TIMEOUT)
+        self.lingering += [thread for thread in threads if thread.is_alive()]
+        if self.lingering:
+            log.error("session threads still running: %s", ", ".join(t.name for t in self.lingering))
         self.waker.drain()
         log.info("session stats: %s", link.counters.summary())
         if self.stop.signal_name:
             return None
         done.clear()
-        return lost[0] if lost else "session ended"
+        return end
 
     def reconnect(self) -> PeerLink | None:
         """Dial again, with backoff after failures, until it works or a signal arrives.
@@ -252,11 +268,15 @@ class Tunnel:
         while link is not None:
             self.link = link
             started = time.monotonic()
-            reason = self.run_session(link)
-            if reason is None:
+            end = self.run_session(link)
+            if end is None:
                 break
+            log.warning("connection to the server lost: %s", end.reason)
+            if end.error is not None:
+                log.debug("the failure in detail", exc_info=end.error)
+            if isinstance(end.error, TunGone) or self.lingering:  # no later session could use the TUN
+                raise UserError(f"{end.reason}: cannot go on without a working TUN device")
             self.failures = 0 if time.monotonic() - started >= STABLE_SESSION else self.failures + 1
-            log.warning("connection to the server lost: %s", reason)
             self.state = "reconnecting"
             link = self.reconnect()
         log.info("%s received, shutting down", self.stop.signal_name or "stop")
@@ -266,8 +286,8 @@ class Tunnel:
         """Close the TUN (removing its routes), then undo every journaled host change."""
         if self.link is not None:
             self.link.close()
-        if self.tun is not None:
-            self.tun.close()
+        if self.tun is not None and not any(thread.is_alive() for thread in self.lingering):
+            self.tun.close()  # else the process exit closes it, after the last thread using it
         self.journal.undo()
         self.waker.close()
 
@@ -360,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send this network through the tunnel (repeatable)",
     )
     p.add_argument("--kill-switch", action="store_true", help="block all traffic outside the tunnel until a clean exit")
+    add_timer_options(p)
     p.add_argument(
         "--proxy",
         metavar="URL",

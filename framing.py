@@ -47,6 +47,14 @@ class FrameType(IntEnum):
     HANDSHAKE_RESPONSE = 0x02
     REJECT = 0x03
     DATA = 0x04
+    KEEPALIVE = 0x05
+    """Sealed, empty: sent after KEEPALIVE seconds of send silence (rekey.py)."""
+    REKEY_INIT = 0x06
+    """Sealed under the current key; the plaintext is a fresh Noise message 1 (rekey.py)."""
+    REKEY_RESPONSE = 0x07
+    """Sealed under the current key; the plaintext is the matching Noise message 2."""
+    REKEY_CONFIRM = 0x08
+    """Sealed, empty, and the first frame under the initiator's new send key."""
 
 
 class RejectReason(IntEnum):

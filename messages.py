@@ -29,10 +29,22 @@ DEFAULT_MTU = 1400
 MIN_MTU = 576
 """The smallest datagram every IPv4 host must accept (RFC 791)."""
 MAX_MTU = 65535
+MIN_TIMER, MAX_TIMER = 0.1, 3600.0
+"""Bounds a pushed ``rekey_after`` or ``keepalive`` (seconds) must lie within."""
 
 
 def valid_mtu(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and MIN_MTU <= value <= MAX_MTU
+
+
+def _timer(fields: dict, key: str) -> float | None:
+    """An optional number of seconds in MIN_TIMER..MAX_TIMER (``true`` is not a number here)."""
+    value = fields.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not MIN_TIMER <= value <= MAX_TIMER:
+        raise MessageError(f"session settings: {key} must be a number of seconds in {MIN_TIMER:g}..{MAX_TIMER:g}")
+    return float(value)
 
 
 class MessageError(ValueError):
@@ -105,18 +117,25 @@ class SessionSettings:
     routes: tuple[ipaddress.IPv4Network, ...] = field(default=())
     """Networks the server offers behind the tunnel (besides the tunnel subnet)."""
     dns: tuple[ipaddress.IPv4Address, ...] = field(default=())
+    rekey_after: float | None = None
+    """The server's ``--rekey-after`` seconds, if given (None: the protocol's REKEY_AFTER_TIME)."""
+    keepalive: float | None = None
+    """The server's ``--keepalive`` seconds, if given (None: the protocol's KEEPALIVE)."""
 
     def encode(self) -> bytes:
-        return _dump(
-            {
-                "address": str(self.address),
-                "server_address": str(self.server_address),
-                "mtu": self.mtu,
-                "offload": self.offload,
-                "routes": [str(r) for r in self.routes],
-                "dns": [str(d) for d in self.dns],
-            }
-        )
+        fields: dict[str, object] = {
+            "address": str(self.address),
+            "server_address": str(self.server_address),
+            "mtu": self.mtu,
+            "offload": self.offload,
+            "routes": [str(r) for r in self.routes],
+            "dns": [str(d) for d in self.dns],
+        }
+        # Only when set, so a server with the default timers sends the same bytes as before.
+        for key, value in (("rekey_after", self.rekey_after), ("keepalive", self.keepalive)):
+            if value is not None:
+                fields[key] = int(value) if value == int(value) else value
+        return _dump(fields)
 
     @classmethod
     def decode(cls, data: bytes) -> SessionSettings:
@@ -130,8 +149,9 @@ class SessionSettings:
             dns = tuple(ipaddress.IPv4Address(_text(d)) for d in _list(fields.get("dns", [])))
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"bad session settings: {exc!r}") from None
+        rekey_after, keepalive = _timer(fields, "rekey_after"), _timer(fields, "keepalive")
         if not valid_mtu(mtu):
             raise MessageError(f"session settings: mtu must be an integer in {MIN_MTU}..{MAX_MTU}")
         if not isinstance(offload, bool):
             raise MessageError("session settings: offload must be true or false")
-        return cls(address, server_address, mtu, offload, routes, dns)
+        return cls(address, server_address, mtu, offload, routes, dns, rekey_after, keepalive)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 
 from errors import UserError
 from journal import cleanup
+from messages import MIN_TIMER
+from rekey import KEEPALIVE, REKEY_AFTER_TIME
 
 CAP_NET_ADMIN = 12
 """Bit number in the capability sets (``<linux/capability.h>``)."""
@@ -136,6 +138,46 @@ def add_cleanup_command(sub: argparse._SubParsersAction, role: str, what: str) -
         return 0
 
     p.set_defaults(func=cleanup_command)
+
+
+def _seconds_up_to(maximum: float) -> Callable[[str], float]:
+    """An argparse type: seconds from MIN_TIMER to ``maximum``."""
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not MIN_TIMER <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"expected seconds from {MIN_TIMER:g} to {maximum:g}, got {text!r}")
+        return value
+
+    return seconds
+
+
+TIMER_OPTIONS = {"rekey_after": _seconds_up_to(REKEY_AFTER_TIME), "keepalive": _seconds_up_to(KEEPALIVE)}
+"""The timer options and the parser that checks each (also for values ``server.py set`` stored)."""
+
+
+def add_timer_options(p: argparse.ArgumentParser, default: object = None) -> None:
+    """``--rekey-after`` and ``--keepalive`` of both programs: they only lower the protocol's timers
+    (for tests and demos). The server pushes its values to clients, and a client uses the lower
+    of its own and the server's (rekey.Policy). Not given, they are ``default`` (None: the
+    protocol's values)."""
+    p.add_argument(
+        "--rekey-after",
+        type=TIMER_OPTIONS["rekey_after"],
+        default=default,
+        metavar="SECONDS",
+        help=f"new session keys after this many seconds (default and maximum {REKEY_AFTER_TIME:g})",
+    )
+    p.add_argument(
+        "--keepalive",
+        type=TIMER_OPTIONS["keepalive"],
+        default=default,
+        metavar="SECONDS",
+        help=f"send a keepalive after this much send silence (default and maximum {KEEPALIVE:g})",
+    )
 
 
 def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None = None) -> None:

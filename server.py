@@ -7,14 +7,18 @@
     server.py list-clients --state-dir DIR
     server.py remove-client NAME --state-dir DIR
     server.py run --state-dir DIR [--listen HOST:PORT] [--tun tun0] [--icmp-reply] [--no-offload]
-                  [--nat [--egress IFACE]] [--dns IP] [--tls] [--fallback HOST:PORT] [-v]
+                  [--nat [--egress IFACE]] [--dns IP] [--rekey-after SECONDS] [--keepalive SECONDS]
+                  [--tls] [--fallback HOST:PORT] [-v]
     server.py set --state-dir DIR [any run option ...] [--unset OPTION]   # stored; run uses them
     server.py status --state-dir DIR [--json]    # what the running server sees, like 'wg show'
     server.py cleanup           # undo NAT rules and sysctls left by a crashed run
 
 Threads while running: one accepts connections; one reads the TUN and routes each packet to
 its client's queue; one watches the client registry; and per connection, one that runs the
-handshake and then receives (socket -> TUN), plus one sender (queue -> socket) per client.
+handshake and then receives (socket -> TUN, and the session's timers), plus one sender
+(queue -> socket) per client. Every thread is supervised: whatever ends a client's thread ends
+that client's session (logged once, with the reason) and nobody else's; a failed server-wide
+thread stops the server (exit status 1) instead of leaving it half alive.
 In TLS mode the connection's thread first runs the TLS handshake and the port-share decision
 (portshare.py); a web visitor's relay to the ``--fallback`` website runs in that thread too.
 """
@@ -55,11 +59,29 @@ from messages import ClientHello, SessionSettings
 from nat import enable_nat
 from netsetup import configure_interface
 from portshare import Fallback, Outcome, TlsFront, classify_first_frame, drive_front
-from runtime import StopSignal, add_cleanup_command, require_net_admin, run_main
+from rekey import KEEPALIVE, REKEY_AFTER_TIME, Policy, ResponderRole
+from runtime import TIMER_OPTIONS, StopSignal, add_cleanup_command, add_timer_options, require_net_admin, run_main
 from sdnotify import sd_notify
-from session import HANDSHAKE_TIMEOUT, Admission, HandshakeFailed, ReplayGuard, server_handshake, tune_carrier
+from session import (
+    HANDSHAKE_TIMEOUT,
+    PROLOGUE,
+    Admission,
+    HandshakeFailed,
+    ReplayGuard,
+    server_handshake,
+    tune_carrier,
+)
 from tundev import TunDevice, open_tun
-from tunlib import ClientSession, LinkClosed, PeerLink, ServerRouter, Waker, pump_queue_to_link
+from tunlib import (
+    ClientSession,
+    PeerLink,
+    ServerRouter,
+    SessionEnd,
+    Waker,
+    pump_queue_to_link,
+    run_supervised,
+    supervise,
+)
 
 log = logging.getLogger("server")
 
@@ -106,10 +128,19 @@ class Server:
         tun: TunDevice,
         icmp_reply: bool,
         dns: tuple[ipaddress.IPv4Address, ...],
+        rekey_after: float | None = None,
+        keepalive: float | None = None,
+        on_failure: Callable[[], None] = lambda: None,
         tls: TlsPort | None = None,
     ) -> None:
         self.state = state
         self.tls = tls
+        self.rekey_after = rekey_after
+        self.keepalive = keepalive
+        self.policy = Policy.for_server(rekey_after or REKEY_AFTER_TIME, keepalive or KEEPALIVE)
+        self.on_failure = on_failure
+        self.failure = ""
+        """Why a server-wide thread failed (then the server stops), or empty."""
         self.dns = dns
         self.settings = settings
         self.listener = listener
@@ -142,6 +173,8 @@ class Server:
             mtu=self.settings.mtu,
             offload=self.tun.offload,
             dns=self.dns,
+            rekey_after=self.rekey_after,
+            keepalive=self.keepalive,
         )
 
     def _client_interface(self, record: ClientRecord) -> ipaddress.IPv4Interface:
@@ -154,7 +187,20 @@ class Server:
         self._spawn("registry-watch", self.watch_registry)
 
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> threading.Thread:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        """Start a server-wide thread; if it fails, the whole server stops rather than run on
+        without it (a dead TUN reader would leave every client connected but cut off)."""
+
+        def run() -> None:
+            try:
+                target(*args)
+            except Exception as exc:
+                if not self.stopping.is_set():
+                    self.failure = f"thread {name} failed: {type(exc).__name__}: {exc}"
+                    log.error("%s; stopping the server", self.failure)
+                    log.debug("the failure in detail", exc_info=exc)
+                    self.on_failure()
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
         thread.start()
         self.threads.append(thread)
         return thread
@@ -245,10 +291,21 @@ class Server:
             return WebVisitor(TlsCarrier(sock, front.endpoint), front.received, encrypted=True)
 
     def run_session(self, record: ClientRecord, settings: SessionSettings, link: PeerLink, where: str) -> None:
-        """Route to this client and carry its packets until its connection ends."""
+        """Route to this client and carry its packets until its session ends, for any reason.
+
+        This thread receives; a second one sends. Both are supervised: the first to end, however
+        it ends, closes the session (which wakes the other), and its reason is logged once.
+        """
         if self.stopping.is_set():
             link.close()
             return
+        admission = self.admission
+        link.configure(
+            self.policy,
+            ResponderRole(
+                admission.static_private, record.public_key, record.psk, PROLOGUE, admission.confirm_timestamp
+            ),
+        )
         session = ClientSession(record.name, record.public_key, record.address.packed, link)
         replaced = self.router.attach(session)
         if replaced is not None:
@@ -256,26 +313,21 @@ class Server:
             replaced.close()
         self.origins[session] = (where, time.time())
         log.info("client %s connected from %s as %s", record.name, where, settings.address.ip)
-        sender = threading.Thread(target=self._run_sender, args=(session,), name=f"send-{record.name}", daemon=True)
-        sender.start()
+        end = SessionEnd()
+        sender = supervise(f"send-{record.name}", lambda: pump_queue_to_link(session.queue, link), end, session.close)
         try:
-            link.receive_packets(self.router.make_deliver(session))
-        except LinkClosed as exc:
-            if not self.stopping.is_set():
-                log.info("client %s disconnected: %s", record.name, exc)
+            run_supervised(
+                "receiver", lambda: link.receive_packets(self.router.make_deliver(session)), end, session.close
+            )
         finally:
             self.router.detach(session)
             self.origins.pop(session, None)
-            session.close()
             sender.join(SHUTDOWN_JOIN_TIMEOUT)
             if not self.stopping.is_set():  # at shutdown, stop() has logged every client
+                log.info("client %s disconnected: %s", record.name, end.reason)
+                if end.error is not None:
+                    log.debug("client %s: the failure in detail", record.name, exc_info=end.error)
                 log.info("client %s stats: %s", record.name, session.stats())
-
-    def _run_sender(self, session: ClientSession) -> None:
-        try:
-            pump_queue_to_link(session.queue, session.link)
-        except LinkClosed:
-            session.link.close()  # wakes the receiver, which cleans up
 
     def log_stats(self) -> None:
         sessions = list(self.router.sessions.values())
@@ -332,8 +384,13 @@ class Server:
         with self.connections_lock:
             connections = list(self.connections)
         deadline = time.monotonic() + SHUTDOWN_JOIN_TIMEOUT
-        for thread in [*self.threads, *connections]:  # nobody may touch the TUN once it is closed
+        threads = [*self.threads, *connections]
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        lingering = [thread.name for thread in threads if thread.is_alive()]
+        if lingering:  # nobody may touch the TUN once it is closed: the process exit will close it
+            log.error("threads still running at shutdown: %s", ", ".join(lingering))
+            return
         self.tun.close()
         self.waker.close()
 
@@ -433,6 +490,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             tun=tun,
             icmp_reply=args.icmp_reply,
             dns=tuple(args.dns),
+            rekey_after=args.rekey_after,
+            keepalive=args.keepalive,
+            on_failure=stop.set,
             tls=tls,
         )
         stop.on_usr1(server.log_stats)
@@ -453,11 +513,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         sd_notify("READY=1")
         stop.wait()
-        log.info("%s received, shutting down", stop.signal_name)
+        log.info("%s, shutting down", f"{stop.signal_name} received" if stop.signal_name else server.failure)
         sd_notify("STOPPING=1")
         if control is not None:
             control.close()
         server.stop()
+        if server.failure:
+            return 1
     finally:
         if listener is not None:
             listener.close()
@@ -543,6 +605,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "nat": False,
     "egress": None,
     "dns": [],
+    "rekey_after": None,
+    "keepalive": None,
     "fallback": None,
 }
 """The ``run`` options that ``set`` (and ``init``) can store, and their defaults when neither the
@@ -572,6 +636,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dns", type=ipv4, action="append", default=absent, metavar="IP", help="DNS server pushed to clients"
     )
+    add_timer_options(p, default=absent)
     p.add_argument(
         "--fallback",
         default=absent,
@@ -603,6 +668,10 @@ def apply_run_options(args: argparse.Namespace, state: ServerState) -> None:
                 if not isinstance(value, list):
                     raise ValueError
                 value = [ipv4(ip) for ip in value]
+            elif key in TIMER_OPTIONS:
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError
+                value = TIMER_OPTIONS[key](str(value))
             elif not isinstance(value, type(default) if default is not None else str):
                 raise ValueError
         except (ValueError, TypeError, argparse.ArgumentTypeError):

@@ -28,6 +28,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -36,6 +37,7 @@ from dataclasses import dataclass, fields
 
 from framing import AEAD_TAG_LEN, HEADER_LEN, MAX_FRAME_BODY, MAX_PACKET_LEN, FrameDecoder, FrameError, FrameType
 from packets import echo_reply_for
+from rekey import FRAME_CHARGE, Action, InitiatorRole, KeySchedule, Policy, ProtocolError, ResponderRole, SessionExpired
 from transport import DecryptError, NonceExhausted, ReceiveState, SendState
 from tundev import TunDevice
 from vnet import PLAIN_VNET_HDR, vnet_problem
@@ -68,27 +70,45 @@ class Counters:
     dropped_bad_vnet: int = 0
     dropped_tun_write: int = 0
     icmp_replies: int = 0
+    keepalives_sent: int = 0
+    """A send counter (under ``send_lock``)."""
+    rekeys: int = 0
+    """Completed rekeys; written by the receiving thread alone (rekey.KeySchedule.rekeys)."""
 
     def summary(self) -> str:
         return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name))
 
 
 class LinkClosed(Exception):
-    """The peer connection ended (EOF, reset, or a protocol violation already logged)."""
+    """The peer connection ended (EOF, reset, a protocol violation, or a session limit)."""
+
+
+class TunGone(Exception):
+    """The TUN device was deleted under us (reads fail with EBADFD): no session can go on."""
+
+
+RECEIVE_ONLY_FRAMES = frozenset({FrameType.KEEPALIVE, FrameType.REKEY_CONFIRM})
+"""Control frames that never call for an answer nor touch the send key (rekey.KeySchedule)."""
+SO_RCVTIMEO_FORMAT = struct.Struct("@ll")
+"""``struct timeval`` for SO_RCVTIMEO: seconds and microseconds, native longs."""
 
 
 class PeerLink:
-    """One established session over TCP: seals packets out, opens frames in.
+    """One established session over TCP: seals packets out, opens frames in, rotates keys.
 
-    The send side is shared by two threads on the client (the TUN reader and the ICMP
-    responder), so sealing and sending happen under ``send_lock``: the counter nonce and the
-    order of bytes on the wire must match.
+    The send side is shared by two threads on the client (the TUN reader and the receiver,
+    which sends ICMP replies and control frames), so sealing and sending happen under
+    ``send_lock``: the counter nonce and the order of bytes on the wire must match.
+
+    Keys, keepalives and limits live in a :class:`rekey.KeySchedule` (``keys``), which does no
+    I/O. The link only asks it what is due: the receiver after each ``recv_into`` once the
+    clock passes ``keys.next_poll`` (the socket's SO_RCVTIMEO wakes it when nothing arrives),
+    and the sender after each ``sendall`` once the bytes sealed under the key pass ``tx_due``.
+    Per packet, nothing is added to the data path.
     """
 
     def __init__(self, sock: socket.socket, send: SendState, recv: ReceiveState, decoder: FrameDecoder) -> None:
         self.sock = sock
-        self._send = send
-        self._recv = recv
         self._decoder = decoder
         decoder.max_body = MAX_FRAME_BODY
         self._out = memoryview(bytearray(SEND_BUFFER_SIZE))
@@ -98,6 +118,44 @@ class PeerLink:
         self.handshake_at = time.time()
         """Wall-clock time of this link's last handshake (a link is made right after one) or
         rekey: the one place ``status`` reads ``last_handshake`` from, on both ends."""
+        self.keys = KeySchedule(send, recv, time.monotonic())
+        self._refresh()
+        self._set_receive_timeout(self.keys.policy.tick)
+
+    def configure(self, policy: Policy, role: InitiatorRole | ResponderRole) -> None:
+        """Set this session's timers and its part in rekeys; call before the threads start."""
+        with self.send_lock:
+            keys, counters = self.keys, self.counters
+            self.keys = KeySchedule(
+                keys.send,
+                keys.recv,
+                time.monotonic(),
+                policy=policy,
+                role=role,
+                tx_bytes=counters.tx_bytes,
+                rx_bytes=counters.rx_bytes,
+            )
+            self._refresh()
+        self._set_receive_timeout(policy.tick)
+
+    def _set_receive_timeout(self, seconds: float) -> None:
+        """Make a blocking ``recv_into`` give up (EAGAIN) after ``seconds``, so the receiver runs
+        the timers of an idle link without a thread of its own and without a second syscall per
+        receive, as a Python-level socket timeout would add."""
+        whole = int(seconds)
+        timeval = SO_RCVTIMEO_FORMAT.pack(whole, int((seconds - whole) * 1e6))
+        # Through the descriptor, so it also reaches the TCP socket under a wrapper (TLS) that
+        # only offers the socket's I/O methods and fileno(); a wrapper's recv_into then passes
+        # the socket's EAGAIN on like a timeout. A closed socket: the receiver finds out itself.
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self.sock.fileno())) as raw:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+
+    def _refresh(self) -> None:
+        """Re-read what the schedule may have switched; call with ``send_lock`` held."""
+        keys = self.keys
+        self._send = keys.send
+        self._tx_due = keys.tx_due
+        self._rx_due = keys.rx_due
 
     # -- sending ------------------------------------------------------------
     def append(self, packet: bytes | memoryview) -> None:
@@ -112,8 +170,17 @@ class PeerLink:
         except NonceExhausted as exc:
             raise LinkClosed(str(exc)) from None
 
+    def _append_frame(self, frame: bytes) -> None:
+        """Queue an already sealed control frame behind what the buffer holds (lock held)."""
+        if self._out_len + len(frame) > SEND_BUFFER_SIZE:
+            self.flush()
+        end = self._out_len + len(frame)
+        self._out[self._out_len : end] = frame
+        self._out_len = end
+
     def flush(self) -> None:
-        """Send every frame collected so far with one ``sendall``."""
+        """Send every frame collected so far with one ``sendall``; then, if the send key has
+        sealed its share of bytes, let the schedule act (start a rekey, or end the session)."""
         if self._out_len:
             try:
                 self.sock.sendall(self._out[: self._out_len])
@@ -121,6 +188,8 @@ class PeerLink:
                 raise LinkClosed(f"send failed: {exc.strerror or exc}") from None
             finally:
                 self._out_len = 0
+            if self.counters.tx_bytes + FRAME_CHARGE * self._send.counter >= self._tx_due:
+                self._poll(time.monotonic())
 
     def send_packets(self, packets: list[bytes]) -> None:
         """Seal and send a list of packets as one batch (thread-safe)."""
@@ -132,47 +201,160 @@ class PeerLink:
                 counters.tx_bytes += len(packet)
             self.flush()
 
+    def _poll(self, now: float) -> None:
+        """Run the schedule's timers and limits and send what it asks for (lock held)."""
+        keys, counters = self.keys, self.counters
+        try:
+            action = keys.poll(now, counters.tx_bytes, counters.rx_bytes)
+            if action is Action.KEEPALIVE:
+                frame = keys.keepalive()
+                counters.keepalives_sent += 1
+            elif action is Action.REKEY:
+                frame = keys.begin_rekey(time.time_ns())
+            else:
+                frame = b""
+        except (SessionExpired, ProtocolError, NonceExhausted) as exc:
+            raise LinkClosed(str(exc)) from None
+        self._refresh()  # before flushing: a started rekey raises tx_due, so flush() does not recurse
+        if frame:
+            self._append_frame(frame)
+            self.flush()
+
     # -- receiving ----------------------------------------------------------
     def receive_packets(self, deliver: Callable[[memoryview], None]) -> None:
         """Receive frames until the connection ends, calling ``deliver`` for each packet.
 
-        The view passed to ``deliver`` is valid only during the call. Any frame that is not
-        DATA or does not authenticate ends the session: with counter nonces over TCP, one bad
-        frame means the stream is corrupt, replayed or forged, and nothing after it is trusted.
+        The view passed to ``deliver`` is valid only during the call. DATA frames take the
+        fast path; every other frame goes to the key schedule. Any frame that does not
+        authenticate, or that the schedule refuses, ends the session: with counter nonces over
+        TCP, one bad frame means the stream is corrupt, replayed or forged, and nothing after it
+        is trusted. Timers run here too, after each receive (see the class docstring).
         """
         decoder = self._decoder
         recv_into = self.sock.recv_into
-        open_into = self._recv.open_into
         plain = memoryview(bytearray(MAX_FRAME_BODY))
-        counters = self.counters
+        counters, keys, lock = self.counters, self.keys, self.send_lock
+        open_into = keys.recv.open_into
         data_type = FrameType.DATA
+        monotonic = time.monotonic
         try:
             while True:
                 # Frames left over from the handshake read come out on the first pass.
                 for frame_type, header, body in decoder.frames():
-                    if frame_type != data_type:
-                        raise LinkClosed(f"unexpected frame type {frame_type} in session")
-                    length = open_into(header, body, plain)
-                    counters.rx_packets += 1
-                    counters.rx_bytes += length
-                    deliver(plain[:length])
+                    if frame_type == data_type:
+                        length = open_into(header, body, plain)
+                        counters.rx_packets += 1
+                        counters.rx_bytes += length
+                        deliver(plain[:length])
+                    else:
+                        self._receive_control(frame_type, header, body)
+                        open_into = keys.recv.open_into
                 try:
                     count = recv_into(decoder.free_space())
+                except BlockingIOError:
+                    count = -1  # SO_RCVTIMEO: nothing arrived for a tick; the timers still run
                 except OSError as exc:
                     raise LinkClosed(f"receive failed: {exc.strerror or exc}") from None
                 if not count:
                     raise LinkClosed("peer closed the connection")
-                decoder.commit(count)
+                if count > 0:
+                    decoder.commit(count)
+                if (
+                    monotonic() >= keys.next_poll
+                    or counters.rx_bytes + FRAME_CHARGE * keys.recv.counter >= self._rx_due
+                ):
+                    # Never wait for the lock here: a sender blocked in sendall holds it until the
+                    # peer reads, and the peer's receiver may be waiting for us to read. If the
+                    # sender holds it, lowering its threshold makes it poll at its next flush.
+                    if lock.acquire(blocking=False):
+                        try:
+                            self._poll(monotonic())
+                        finally:
+                            lock.release()
+                    else:
+                        self._tx_due = -1
         except FrameError as exc:
             raise LinkClosed(f"framing error: {exc}") from None
         except (DecryptError, NonceExhausted) as exc:
             raise LinkClosed(str(exc)) from None
+
+    def _receive_control(self, frame_type: int, header: memoryview, body: memoryview) -> None:
+        """Hand a KEEPALIVE or rekey frame to the schedule and send its answer.
+
+        A frame that is answered or switches the send key is handled under ``send_lock``: the
+        switch and the frame announcing it must be atomic against the other thread's packets
+        (PROTOCOL.md, section 13.2). KEEPALIVE and REKEY_CONFIRM change only receive state,
+        which this thread owns, so they take no lock and never wait for a blocked sender.
+        """
+        counters, keys = self.counters, self.keys
+        receive_only = frame_type in RECEIVE_ONLY_FRAMES
+        with contextlib.nullcontext() if receive_only else self.send_lock:
+            try:
+                frame = keys.receive_control(
+                    frame_type,
+                    header,
+                    body,
+                    now=time.monotonic(),
+                    tx_bytes=counters.tx_bytes,
+                    rx_bytes=counters.rx_bytes,
+                )
+            except ProtocolError as exc:
+                raise LinkClosed(f"protocol error: {exc}") from None
+            if receive_only:
+                self._rx_due = keys.rx_due
+            else:
+                self._refresh()
+            if frame:
+                self._append_frame(frame)
+                self.flush()
+            if keys.rekeys != counters.rekeys:
+                counters.rekeys = keys.rekeys
+                self.handshake_at = time.time()
 
     def close(self) -> None:
         """Wake both directions (``shutdown``) and release the socket."""
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+
+
+class SessionEnd:
+    """Why a session ended: the first reason any of its threads gives. Later ones are only
+    consequences (the other thread sees the socket it shared close), so they are dropped."""
+
+    def __init__(self) -> None:
+        self.reason = ""
+        self.error: BaseException | None = None
+        """The unexpected exception behind ``reason``, if any (for a debug traceback)."""
+        self._lock = threading.Lock()
+
+    def record(self, reason: str, error: BaseException | None = None) -> None:
+        with self._lock:
+            if not self.reason:
+                self.reason, self.error = reason, error
+
+
+def run_supervised(name: str, body: Callable[[], None], end: SessionEnd, on_exit: Callable[[], None]) -> None:
+    """Run ``body``; however it ends (returns, LinkClosed, or any other exception), record why
+    in ``end`` and call ``on_exit``, which ends the whole session. So no thread dies alone and
+    leaves a half-alive tunnel behind."""
+    try:
+        body()
+    except LinkClosed as exc:
+        end.record(str(exc))
+    except Exception as exc:
+        end.record(f"{name} failed: {type(exc).__name__}: {exc}", exc)
+    else:
+        end.record(f"{name} stopped")
+    finally:
+        on_exit()
+
+
+def supervise(name: str, body: Callable[[], None], end: SessionEnd, on_exit: Callable[[], None]) -> threading.Thread:
+    """Start :func:`run_supervised` in a daemon thread called ``name``."""
+    thread = threading.Thread(target=run_supervised, args=(name, body, end, on_exit), name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 class Waker:
@@ -216,6 +398,8 @@ def read_tun(tun: TunDevice, waker: Waker, counters: Counters) -> Iterator[memor
     collected (the ``None``), then sleep in ``poll`` until more arrives or the waker fires (the
     generator then ends). Each packet is a view into one reusable buffer, valid until the next
     one is read. Anything but IPv4 is dropped and counted: the tunnel carries IPv4 only.
+    A deleted interface raises :class:`TunGone`; our own shutdown never closes the descriptor
+    before this loop has ended (the TUN outlives every thread that touches it).
     """
     poller = _make_poller(tun, waker)
     buf = memoryview(bytearray(MAX_PACKET_LEN))
@@ -230,7 +414,7 @@ def read_tun(tun: TunDevice, waker: Waker, counters: Counters) -> Iterator[memor
                 break
             except OSError as exc:
                 if exc.errno == errno.EBADFD:
-                    return
+                    raise TunGone(f"TUN device {tun.name} was deleted") from None
                 raise
             if length < minimum:
                 counters.dropped_malformed += 1

@@ -61,7 +61,7 @@ def test_wire_constants():
     assert MAX_PACKET_LEN == 65535 + 12
     assert MAX_FRAME_BODY == 65535 + 12 + 16
     assert MAX_HANDSHAKE_BODY == 1024
-    assert [int(t) for t in FrameType] == [1, 2, 3, 4]
+    assert [int(t) for t in FrameType] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert FrameType.HANDSHAKE_INIT == 0x01
     assert FrameType.HANDSHAKE_RESPONSE == 0x02
     assert FrameType.REJECT == 0x03

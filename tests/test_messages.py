@@ -9,6 +9,7 @@ MessageError.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 
@@ -288,3 +289,28 @@ def test_session_settings_structured_fuzz_raises_only_message_error(fields):
     """Well-formed JSON with every key possibly of the wrong type reaches deeper than random bytes."""
     with contextlib.suppress(MessageError):
         SessionSettings.decode(json.dumps(fields).encode())
+
+
+# -- the pushed timers (rekey_after, keepalive: PROTOCOL.md, sections 5.2 and 13.4) ----------
+
+
+def test_session_settings_timers_are_sent_only_when_set():
+    assert b"rekey_after" not in SETTINGS.encode()
+    assert b"keepalive" not in SETTINGS.encode()
+    fast = dataclasses.replace(SETTINGS, rekey_after=2.0, keepalive=0.5)
+    assert fast.encode() == (
+        b'{"address":"10.0.0.2/24","dns":[],"keepalive":0.5,"mtu":1400,"offload":false,'
+        b'"rekey_after":2,"routes":[],"server_address":"10.0.0.1"}'
+    )
+    assert SessionSettings.decode(fast.encode()) == fast
+    assert SessionSettings.decode(settings_json()).rekey_after is None
+
+
+@pytest.mark.parametrize("value", [0, 0.09, 3601, -1, True, "2", None, [2]])
+def test_session_settings_bad_timers(value):
+    for key in ("rekey_after", "keepalive"):
+        if value is None:
+            assert getattr(SessionSettings.decode(settings_json(**{key: value})), key) is None
+            continue
+        with pytest.raises(MessageError, match=key):
+            SessionSettings.decode(settings_json(**{key: value}))

@@ -87,3 +87,28 @@ def test_set_needs_an_initialised_state_dir(tmp_path) -> None:
     args = server.build_parser().parse_args(["set", "--state-dir", str(tmp_path / "none"), "--nat"])
     with pytest.raises(UserError, match="not an initialised state directory"):
         args.func(args)
+
+
+def test_the_timers_are_run_options_too(state_dir: str) -> None:
+    assert (run_args(state_dir).rekey_after, run_args(state_dir).keepalive) == (None, None)  # the protocol's
+    cli("set", "--state-dir", state_dir, "--rekey-after", "2", "--keepalive", "1.5")
+    assert ServerState(state_dir).run_options() == {"rekey_after": 2.0, "keepalive": 1.5}
+    assert (run_args(state_dir).rekey_after, run_args(state_dir).keepalive) == (2.0, 1.5)
+    assert run_args(state_dir, "--rekey-after", "10").rekey_after == 10.0
+
+
+@pytest.mark.parametrize(
+    "stored", [{"rekey_after": 121}, {"rekey_after": 0}, {"keepalive": 26}, {"keepalive": "1"}, {"keepalive": True}]
+)
+def test_a_stored_timer_out_of_range_is_one_clear_error(state_dir: str, stored: dict) -> None:
+    ServerState(state_dir).save_run_options(stored)
+    with pytest.raises(UserError, match=r"run\.json: bad stored value"):
+        run_args(state_dir)
+
+
+@pytest.mark.parametrize("flag", [["--rekey-after", "0"], ["--rekey-after", "121"], ["--keepalive", "x"]])
+def test_timer_flags_out_of_range_are_refused(state_dir: str, flag: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        server.build_parser().parse_args(["run", "--state-dir", state_dir, *flag])
+    assert exc.value.code == 2
+    assert "expected seconds from 0.1 to" in capsys.readouterr().err

@@ -203,13 +203,17 @@ def test_tls_through_a_443_only_company_firewall(company) -> None:
     loaded_transfers(lab)
     assert "with TLS" in lab.server_process.log()
 
-    # The other data-path mode.
     lab.alice.process.terminate()  # type: ignore[union-attr]
     lab.server_process.terminate()  # type: ignore[union-attr]
-    lab.start_server("--no-offload")
-    lab.start_alice("--full-tunnel")
+    # The other data-path mode, with session keys renewed inside TLS every 0.2 s meanwhile.
+    lab.start_server("--no-offload", "--rekey-after", "0.2")
+    client = lab.start_alice("--full-tunnel")
     assert "plain mode" in lab.server_process.log()
     loaded_transfers(lab)
+    client.terminate()
+    rekeys = re.search(r"session stats: .*\brekeys=(\d+)", client.log())
+    assert rekeys and int(rekeys[1]) >= 3, client.log()[-500:]
+    assert client.log().count("connected to ") == 1  # one connection throughout
 
 
 def tshark(pcap: Path, display_filter: str, field: str) -> list[str]:
