@@ -177,6 +177,9 @@ class TlsCarrier:
         self._pushback = memoryview(received) if received else None
         self._drained = False
         """True once a read found no complete record left: the next one goes to the socket first."""
+        self._committed: tuple[int, memoryview] | None = None
+        """After a partial non-blocking :meth:`send`: the length of plaintext already encrypted, and
+        the part of its ciphertext the socket has not taken yet."""
         self._raw = bytearray(RECV_CHUNK)
         self._raw_view = memoryview(self._raw)
         self.first_bytes = bytes(received[:8])
@@ -194,6 +197,64 @@ class TlsCarrier:
         """Whether :meth:`recv_into` can return data without waiting on the socket."""
         return bool(self._pushback) or self._ssl.pending() > 0 or self._incoming.pending > 0
 
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        """TLS records for ``data`` (and for anything a read left in the outgoing buffer)."""
+        with self._ssl_lock:
+            try:
+                self._ssl.write(data)
+            except ssl.SSLError as exc:
+                raise OSError(f"TLS write failed: {exc.reason or exc}") from None
+            return self._outgoing.read()
+
+    def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
+        """A send that never blocks (``flags`` carries MSG_DONTWAIT), for the server's TUN reader.
+
+        Returns how much of ``data`` was taken, as a socket does; the caller offers the rest again,
+        first. But encrypted bytes cannot be taken back: when the socket refuses part of the
+        records, this carrier keeps their ciphertext and reports the plaintext they hold as *not*
+        taken (``_committed``), so the caller offers it again, and the next send skips it and
+        sends the kept ciphertext instead. The order on the wire stays the order of encryption.
+        """
+        if not self._send_lock.acquire(blocking=False):
+            return 0
+        try:
+            view = memoryview(data)
+            taken = 0
+            if self._committed is not None:
+                length, rest = self._committed
+                sent = self._send_some(rest, flags)
+                if sent < len(rest):
+                    self._committed = (length, rest[sent:])
+                    return 0
+                self._committed = None
+                view, taken = view[length:], length
+            if not view:
+                return taken
+            ciphertext = self._encrypt(view)
+            sent = self._send_some(ciphertext, flags)
+            if sent < len(ciphertext):
+                self._committed = (len(view), memoryview(ciphertext)[sent:])
+                return taken
+            return taken + len(view)
+        finally:
+            self._send_lock.release()
+
+    def _send_some(self, ciphertext: bytes | memoryview, flags: int) -> int:
+        try:
+            return self.sock.send(ciphertext, flags)
+        except BlockingIOError:
+            return 0
+
+    def _send_committed(self, view: memoryview) -> memoryview:
+        """Before a blocking send: put kept ciphertext on the wire, and drop from ``view`` the
+        plaintext it holds (send_lock held)."""
+        if self._committed is None:
+            return view
+        length, rest = self._committed
+        self.sock.sendall(rest)
+        self._committed = None
+        return view[length:]
+
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt ``data`` and send it, records in order; raises OSError like a socket.
 
@@ -203,6 +264,7 @@ class TlsCarrier:
         view = memoryview(data)
         write, read, sendall, ssl_lock = self._ssl.write, self._outgoing.read, self.sock.sendall, self._ssl_lock
         with self._send_lock:
+            view = self._send_committed(view)
             for start in range(0, len(view), SEND_CHUNK):
                 with ssl_lock:
                     try:
@@ -266,6 +328,8 @@ class TlsCarrier:
         if not self._send_lock.acquire(blocking=False):
             return
         try:
+            if self._committed is not None:
+                return  # kept ciphertext goes first: the next sendall sends both, in order
             with self._ssl_lock:
                 ciphertext = self._outgoing.read()
             if ciphertext:
@@ -276,8 +340,8 @@ class TlsCarrier:
     def shutdown(self, how: int) -> None:
         """Send a close_notify if no sender is busy (best effort, never blocks), then shut the socket
         down, which wakes a thread blocked in :meth:`recv_into` or :meth:`sendall`."""
-        if how != socket.SHUT_RD and self._send_lock.acquire(blocking=False):
-            try:
+        if how != socket.SHUT_RD and self._committed is None and self._send_lock.acquire(blocking=False):
+            try:  # (kept records may not be overtaken by a close_notify)
                 with self._ssl_lock, contextlib.suppress(ssl.SSLError, ValueError):
                     self._ssl.unwrap()
                 with contextlib.suppress(OSError):

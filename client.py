@@ -35,7 +35,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
+import interpreter
+
+if __name__ == "__main__":
+    interpreter.use_project_venv()  # first: re-runs us under .venv if this Python lacks the requirements
+
 from carrier import TlsCarrier, TlsError, client_handshake_tls
 from config import Profile, format_endpoint, parse_endpoint
 from daemon import DEFAULT_GROUP, DEFAULT_SOCKET, DEFAULT_STATE_DIR, run_daemon
@@ -57,7 +61,7 @@ from session import (
     tune_carrier,
 )
 from tundev import TunDevice, open_tun
-from tunlib import PeerLink, SessionEnd, TunGone, Waker, make_client_deliver, pump_tun_to_link, supervise
+from tunlib import PeerLink, SessionEnd, TunGone, make_client_deliver, pump_tun_to_link, supervise
 from usercommands import add_user_commands
 
 log = logging.getLogger("client")
@@ -125,7 +129,6 @@ class Tunnel:
         self.tun: TunDevice | None = None
         self.settings: SessionSettings | None = None
         self.link: PeerLink | None = None
-        self.waker = Waker()
         self.lingering: list[threading.Thread] = []
         """Session threads that did not end in time: while any lives, the TUN stays open."""
         self.failures = 0
@@ -193,12 +196,13 @@ class Tunnel:
             self.routes += [str(net) for net in split]
         self.state, self.connected_since = "connected", time.time()
         log.info(
-            "connected to %s as %s on %s (%s mode, MTU %d)",
+            "connected to %s as %s on %s (%s mode, MTU %d); the server is %s in the tunnel",
             self.endpoint,
             settings.address,
             self.tun.name,
             "offload" if self.tun.offload else "plain",
             settings.mtu,
+            settings.server_address,
         )
 
     def run_session(self, link: PeerLink) -> SessionEnd | None:
@@ -211,19 +215,17 @@ class Tunnel:
         tun, done, end = self.tun, self.stop, SessionEnd()
         deliver = make_client_deliver(tun, link, self.settings.address.ip.packed, self.args.icmp_reply)
         pumps: list[tuple[str, Callable[[], None]]] = [
-            ("tun-to-socket", lambda: pump_tun_to_link(tun, link, self.waker)),
+            ("tun-to-socket", lambda: pump_tun_to_link(tun, link, done)),  # done also wakes its poll
             ("socket-to-tun", lambda: link.receive_packets(deliver)),
         ]
         threads = [supervise(name, body, end, done.set) for name, body in pumps]
         done.wait()
         link.close()
-        self.waker.wake()
         for thread in threads:
             thread.join(JOIN_TIMEOUT)
         self.lingering += [thread for thread in threads if thread.is_alive()]
         if self.lingering:
             log.error("session threads still running: %s", ", ".join(t.name for t in self.lingering))
-        self.waker.drain()
         log.info("session stats: %s", link.counters.summary())
         if self.stop.signal_name:
             return None
@@ -289,7 +291,6 @@ class Tunnel:
         if self.tun is not None and not any(thread.is_alive() for thread in self.lingering):
             self.tun.close()  # else the process exit closes it, after the last thread using it
         self.journal.undo()
-        self.waker.close()
 
 
 def resolve(host: str, port: int, what: str) -> str:

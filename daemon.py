@@ -82,7 +82,6 @@ class TunnelLike(Protocol):
     link: PeerLink | None
     settings: Any
     journal: Any
-    waker: Any
 
     def connect(self) -> tuple[Any, PeerLink]: ...
     def setup(self) -> None: ...
@@ -287,8 +286,6 @@ class Connection:
         except UserError as exc:
             self._progress(f"{candidate}: {exc}")
             return None
-        finally:
-            tunnel.waker.close()
         self._progress(f"{candidate}: handshake in {seconds * 1000:.0f} ms")
         return seconds
 

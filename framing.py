@@ -116,18 +116,6 @@ class FrameDecoder:
         """Record that ``count`` bytes were written into the last :meth:`free_space` view."""
         self._end += count
 
-    def feed(self, data: bytes) -> None:
-        """Copy ``data`` in: the way to drive the decoder without a socket (tests do; the data path
-        receives straight into :meth:`free_space` instead)."""
-        while data:
-            space = self.free_space()
-            if not space:
-                raise FrameError("frame decoder buffer full")
-            chunk = data[: len(space)]
-            space[: len(chunk)] = chunk
-            self.commit(len(chunk))
-            data = data[len(chunk) :]
-
     def frames(self) -> Iterator[tuple[int, memoryview, memoryview]]:
         """Yield ``(type, header, body)`` for every complete frame buffered.
 

@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from transport import NONCE
+
 PROTOCOL_NAME = b"Noise_IKpsk2_25519_AESGCM_SHA256"
 
 DHLEN = 32
@@ -183,7 +185,7 @@ class CipherState:
         self._n = 0
 
     def _nonce(self) -> bytes:
-        return bytes(4) + self._n.to_bytes(8, "big")
+        return NONCE.pack(self._n)
 
     def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
         """ENCRYPT(k, n++, ad, plaintext): ciphertext with a TAGLEN-byte tag appended."""

@@ -2,9 +2,10 @@
 
 tunlib needs the ``cryptography`` package with ``AESGCM.encrypt_into`` (version 48 or later),
 which a distribution's Python may lack. ``scripts/bootstrap.sh`` installs it into ``.venv`` beside
-this file; importing this module (the first import of ``client.py`` and ``server.py``) re-executes
-the program under that venv when the running interpreter cannot do the job, and otherwise
-explains in one line how to get there.
+this file. ``client.py`` and ``server.py``, run as programs, call :func:`use_project_venv` before
+they import anything that needs the requirements: it re-executes the program under that venv when
+the running interpreter cannot do the job, and otherwise explains in one line how to get there.
+Importing this module does nothing by itself.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ def requirements_met() -> bool:
     return hasattr(AESGCM, "encrypt_into")
 
 
-if not requirements_met():
+def use_project_venv() -> None:
+    """Return if this interpreter has the requirements; else re-run the program under .venv, or exit 2."""
+    if requirements_met():
+        return
     venv_python = VENV / "bin" / "python"
     if venv_python.exists() and Path(sys.prefix).resolve() != VENV:
         os.execv(venv_python, [str(venv_python), *sys.argv])

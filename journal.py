@@ -108,8 +108,13 @@ class Journal:
 
     def record(self, step: dict) -> None:
         """Append an undo step and make it durable before the caller changes anything."""
-        steps = self._load()
-        steps.append(step)
+        self._save([*self._load(), step])
+
+    def _save(self, steps: list[dict]) -> None:
+        """Replace the journal atomically and durably: a temporary file, fsync, rename.
+
+        A crash at any moment leaves either the old journal or the new one, never half of one.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -144,8 +149,7 @@ class Journal:
 
     def _forget_last(self) -> None:
         """Drop the newest step: its change was refused, so there is nothing to undo."""
-        steps = self._load()
-        self.path.write_text(json.dumps(steps[:-1], indent=1))
+        self._save(self._load()[:-1])
 
     # -- the kinds of change, each recorded then made ------------------------
     def add_route(self, spec: list[str]) -> None:
@@ -157,10 +161,17 @@ class Journal:
             raise UserError(f"'ip route add {' '.join(spec)}' failed: {result.stderr.strip()}")
 
     def add_nft_table(self, family: str, name: str, ruleset: str) -> None:
-        """Load a whole nftables table in one transaction (``nft -f``), undone by deleting it."""
+        """Load a whole nftables table in one transaction (``nft -f``), undone by deleting it.
+
+        The transaction first creates the table if missing and deletes it, so the ruleset replaces
+        any table of that name instead of merging its rules into it. A refused transaction
+        changed nothing, so, like a refused route, it leaves nothing in the journal.
+        """
         self.record({"kind": "nft_table", "family": family, "name": name})
-        result = run_command(["nft", "-f", "-"], stdin=ruleset)
+        replace = f"add table {family} {name}\ndelete table {family} {name}\n{ruleset}"
+        result = run_command(["nft", "-f", "-"], stdin=replace)
         if result.returncode != 0:
+            self._forget_last()
             raise UserError(f"nft refused the {family} {name} table: {result.stderr.strip()}")
 
     def set_sysctl(self, path: str, value: str) -> None:
@@ -209,22 +220,30 @@ def _owner(steps: list[dict]) -> dict | None:
 
 
 def _undo_step(step: dict) -> None:
+    """Undo one step; log what happened, including a command that found nothing to undo."""
     kind = step["kind"]
+    what = kind if kind != "route" else "route " + " ".join(step["spec"])
     if kind == "owner":
         return
     if kind == "route":
-        run_command(["ip", "route", "del", *step["spec"]])
+        result = run_command(["ip", "route", "del", *step["spec"]])
     elif kind == "nft_table":
-        run_command(["nft", "delete", "table", step["family"], step["name"]])
+        result = run_command(["nft", "delete", "table", step["family"], step["name"]])
     elif kind == "sysctl":
         Path(step["path"]).write_text(step["value"])
+        result = None
     elif kind == "file":
         write_in_place(step["path"], base64.b64decode(step["content"]))
+        result = None
     elif kind == "resolvectl":
-        run_command(["resolvectl", "revert", step["interface"]])
+        result = run_command(["resolvectl", "revert", step["interface"]])
     else:
         raise ValueError(f"unknown step kind {kind!r}")
-    log.info("undid %s", kind if kind != "route" else "route " + " ".join(step["spec"]))
+    if result is not None and result.returncode != 0:
+        # Usually "already gone" (a route leaves with its TUN); either way it is not there now.
+        log.info("nothing to undo for %s: %s", what, result.stderr.strip() or f"exit {result.returncode}")
+    else:
+        log.info("undid %s", what)
 
 
 def cleanup(role: str, directory: Path = JOURNAL_DIR) -> int:

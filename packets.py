@@ -1,9 +1,9 @@
 """Just enough IPv4 for a VPN data path: addresses, the internet checksum, and ping replies.
 
 A tunnel mostly moves packets without looking inside them. Routing needs only the IPv4
-source and destination addresses, at fixed offsets 12 and 16, which the data path
-(tunlib.py) slices out inline because it does so for every packet. This module covers the
-two other reasons to look inside:
+source and destination addresses, at fixed offsets (IPV4_SRC, IPV4_DST), which the packet
+core (core.py) slices out inline because it does so for every packet. This module covers
+the two other reasons to look inside:
 
 * Checksums. IPv4 and ICMP protect their headers with the ones'-complement "internet
   checksum" of RFC 1071 (`internet_checksum`).
@@ -27,11 +27,16 @@ ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
 
 Buffer = bytes | bytearray | memoryview
+"""Anything the data path may hand us: its receive buffers are memoryviews."""
 
 # RFC 791 fixed header: version/IHL, TOS, total length, identification,
 # flags/fragment offset, TTL, protocol, header checksum, source, destination.
 _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
-_IPV4_MIN_HEADER_LEN = 20
+IPV4_MIN_HEADER_LEN = 20
+IPV4_SRC = 12
+"""Offset of the 4-byte source address in the IPv4 header."""
+IPV4_DST = 16
+"""Offset of the 4-byte destination address in the IPv4 header."""
 _ICMP_ECHO_HEADER_LEN = 8  # type, code, checksum, identifier, sequence number
 
 # Flags and fragment offset share one 16-bit field (RFC 791 section 3.1).
@@ -142,11 +147,11 @@ def echo_reply_for(packet: Buffer, own_address: bytes) -> bytes | None:
     checksums are recomputed from scratch rather than patched. This is the rare path,
     so clarity wins over speed here.
     """
-    if len(packet) < _IPV4_MIN_HEADER_LEN:
+    if len(packet) < IPV4_MIN_HEADER_LEN:
         return None
     ver_ihl, tos, total_len, _, frag, _, proto, _, src, dst = _IPV4_HEADER.unpack_from(packet)
     header_len = (ver_ihl & 0x0F) * 4
-    if ver_ihl >> 4 != 4 or header_len < _IPV4_MIN_HEADER_LEN:
+    if ver_ihl >> 4 != 4 or header_len < IPV4_MIN_HEADER_LEN:
         return None
     if total_len != len(packet) or header_len + _ICMP_ECHO_HEADER_LEN > total_len:
         return None
@@ -156,20 +161,20 @@ def echo_reply_for(packet: Buffer, own_address: bytes) -> bytes | None:
         return None
     if internet_checksum(packet[:header_len]) != 0:
         return None
-    options = packet[_IPV4_MIN_HEADER_LEN:header_len]
+    options = packet[IPV4_MIN_HEADER_LEN:header_len]
     if options and not _options_allow_reply(options):
         return None
     icmp = packet[header_len:]
     if icmp[0] != ICMP_ECHO_REQUEST or icmp[1] != 0 or internet_checksum(icmp) != 0:
         return None
 
-    reply_len = _IPV4_MIN_HEADER_LEN + len(icmp)
+    reply_len = IPV4_MIN_HEADER_LEN + len(icmp)
     reply = bytearray(reply_len)
     _IPV4_HEADER.pack_into(reply, 0, 0x45, tos & ~_ECN_MASK, reply_len, 0, IP_DF, REPLY_TTL, IPPROTO_ICMP, 0, dst, src)
-    struct.pack_into("!H", reply, 10, internet_checksum(memoryview(reply)[:_IPV4_MIN_HEADER_LEN]))
+    struct.pack_into("!H", reply, 10, internet_checksum(memoryview(reply)[:IPV4_MIN_HEADER_LEN]))
     # Type 0, code 0, checksum 0 for now, then identifier, sequence and payload as received.
-    reply[_IPV4_MIN_HEADER_LEN] = ICMP_ECHO_REPLY
-    reply[_IPV4_MIN_HEADER_LEN + 4 :] = icmp[4:]
-    icmp_checksum = internet_checksum(memoryview(reply)[_IPV4_MIN_HEADER_LEN:])
-    struct.pack_into("!H", reply, _IPV4_MIN_HEADER_LEN + 2, icmp_checksum)
+    reply[IPV4_MIN_HEADER_LEN] = ICMP_ECHO_REPLY
+    reply[IPV4_MIN_HEADER_LEN + 4 :] = icmp[4:]
+    icmp_checksum = internet_checksum(memoryview(reply)[IPV4_MIN_HEADER_LEN:])
+    struct.pack_into("!H", reply, IPV4_MIN_HEADER_LEN + 2, icmp_checksum)
     return bytes(reply)

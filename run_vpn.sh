@@ -282,9 +282,17 @@ done
 . "$ROOT/scripts/bootstrap.sh" || die "bootstrap failed (see above)"
 PY=$TUNLIB_PYTHON
 
+quiet_pipe() {
+    # 'run_vpn.sh | tee demo.log' then Ctrl+C: tee dies first, and the next write to the pipe
+    # would kill this shell with SIGPIPE in the middle of its teardown, leaving the lab up.
+    # Ignore SIGPIPE and send stdout where stderr goes, so teardown always runs to the end.
+    trap '' PIPE
+    exec 1>&2
+}
 on_exit() {
     local rc=$?
     trap - EXIT INT TERM HUP
+    quiet_pipe
     if [ -n "$NAMESPACES" ]; then
         say "tearing down the lab"
         teardown
@@ -295,6 +303,7 @@ on_exit() {
 }
 on_signal() {
     trap - INT TERM HUP
+    quiet_pipe
     printf '\n' >&2
     say "$1 received"
     [ "$STARTED" = yes ] && exit 0 # Ctrl+C is how a running demo ends: teardown is the EXIT trap

@@ -93,6 +93,11 @@ class StopSignal:
         finally:
             self._interrupt = False
 
+    def fileno(self) -> int:
+        """A descriptor that polls readable while the flag is raised: threads blocked in ``poll``
+        on a TUN wake when the flag goes up, so this one flag is every thread's stop signal."""
+        return self._read_fd
+
     def set(self) -> None:
         with contextlib.suppress(BlockingIOError):
             os.write(self._write_fd, b"x")

@@ -7,8 +7,8 @@
     server.py list-clients --state-dir DIR
     server.py remove-client NAME --state-dir DIR
     server.py run --state-dir DIR [--listen HOST:PORT] [--tun tun0] [--icmp-reply] [--no-offload]
-                  [--nat [--egress IFACE]] [--dns IP] [--rekey-after SECONDS] [--keepalive SECONDS]
-                  [--tls] [--fallback HOST:PORT] [-v]
+                  [--isolate-clients] [--nat [--egress IFACE]] [--dns IP]
+                  [--rekey-after SECONDS] [--keepalive SECONDS] [--tls] [--fallback HOST:PORT] [-v]
     server.py set --state-dir DIR [any run option ...] [--unset OPTION]   # stored; run uses them
     server.py status --state-dir DIR [--json]    # what the running server sees, like 'wg show'
     server.py cleanup           # undo NAT rules and sysctls left by a crashed run
@@ -40,7 +40,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import interpreter  # noqa: F401 - first: re-runs us under .venv if this Python lacks the requirements
+import interpreter
+
+if __name__ == "__main__":
+    interpreter.use_project_venv()  # first: re-runs us under .venv if this Python lacks the requirements
+
 from carrier import TlsCarrier, server_context
 from config import (
     ClientRecord,
@@ -77,7 +81,6 @@ from tunlib import (
     PeerLink,
     ServerRouter,
     SessionEnd,
-    Waker,
     pump_queue_to_link,
     run_supervised,
     supervise,
@@ -128,9 +131,11 @@ class Server:
         tun: TunDevice,
         icmp_reply: bool,
         dns: tuple[ipaddress.IPv4Address, ...],
+        isolate_clients: bool = False,
         rekey_after: float | None = None,
         keepalive: float | None = None,
         on_failure: Callable[[], None] = lambda: None,
+        stop: StopSignal | None = None,
         tls: TlsPort | None = None,
     ) -> None:
         self.state = state
@@ -145,9 +150,10 @@ class Server:
         self.settings = settings
         self.listener = listener
         self.tun = tun
-        self.router = ServerRouter(tun, settings.server_interface.ip.packed, icmp_reply)
-        self.waker = Waker()
-        self.stopping = threading.Event()
+        self.router = ServerRouter(tun, settings.server_interface.ip.packed, icmp_reply, isolate_clients)
+        self.stopping = stop if stop is not None else StopSignal(handle_signals=False)
+        """The one stop flag: raised by a signal, a failed server-wide thread or :meth:`stop`; the
+        TUN reader polls it, every other thread checks or waits on it."""
         self.pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
         replay = ReplayGuard()
         self.admission = Admission(state.private_key(), self.lookup, replay.is_new, replay.confirm, self.settings_for)
@@ -182,7 +188,7 @@ class Server:
 
     # -- threads ------------------------------------------------------------
     def start(self) -> None:
-        self._spawn("tun-reader", self.router.pump_tun, self.waker)
+        self._spawn("tun-reader", self.router.pump_tun, self.stopping)
         self._spawn("acceptor", self.accept_loop)
         self._spawn("registry-watch", self.watch_registry)
 
@@ -380,7 +386,6 @@ class Server:
         self.log_stats()  # while the sessions still exist
         for session in list(self.router.sessions.values()):
             session.close()
-        self.waker.wake()
         with self.connections_lock:
             connections = list(self.connections)
         deadline = time.monotonic() + SHUTDOWN_JOIN_TIMEOUT
@@ -392,7 +397,6 @@ class Server:
             log.error("threads still running at shutdown: %s", ", ".join(lingering))
             return
         self.tun.close()
-        self.waker.close()
 
 
 def bind_listener(listen: str) -> socket.socket:
@@ -490,9 +494,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             tun=tun,
             icmp_reply=args.icmp_reply,
             dns=tuple(args.dns),
+            isolate_clients=args.isolate_clients,
             rekey_after=args.rekey_after,
             keepalive=args.keepalive,
             on_failure=stop.set,
+            stop=stop,
             tls=tls,
         )
         stop.on_usr1(server.log_stats)
@@ -503,13 +509,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.warning("no status socket, 'server.py status' will not work: %s", exc)
             control = None
         log.info(
-            "serving on %s%s, %s %s in %s mode%s",
+            "serving on %s%s, %s %s in %s mode%s%s",
             args.listen or settings.listen,
             describe_tls(settings, args.fallback) if tls else "",
             tun.name,
             settings.server_interface,
             "offload" if tun.offload else "plain",
             ", answering pings in user space" if args.icmp_reply else "",
+            ", clients isolated from each other" if args.isolate_clients else "",
         )
         sd_notify("READY=1")
         stop.wait()
@@ -602,6 +609,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "tun": "tun0",
     "icmp_reply": False,
     "no_offload": False,
+    "isolate_clients": False,
     "nat": False,
     "egress": None,
     "dns": [],
@@ -626,6 +634,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--no-offload", action="store_true", default=absent, help="plain mode: one packet per frame, no TUN offloads"
+    )
+    p.add_argument(
+        "--isolate-clients",
+        action="store_true",
+        default=absent,
+        help="drop (and count as dropped_isolated) packets from one client to another; default: they reach each other",
     )
     p.add_argument(
         "--nat", action="store_true", default=absent, help="be the clients' internet gateway: forward and masquerade"

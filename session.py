@@ -26,7 +26,16 @@ from dataclasses import dataclass
 
 from config import ClientRecord, Profile, parse_endpoint
 from errors import UserError
-from framing import MAX_HANDSHAKE_BODY, FrameDecoder, FrameError, FrameType, RejectReason, encode_frame, encode_header
+from framing import (
+    MAX_FRAME_BODY,
+    MAX_HANDSHAKE_BODY,
+    FrameDecoder,
+    FrameError,
+    FrameType,
+    RejectReason,
+    encode_frame,
+    encode_header,
+)
 from handshake import HandshakeError, Initiator, Responder
 from messages import ClientHello, MessageError, SessionSettings, tai64n
 from transport import DecryptError, ReceiveState, SendState
@@ -78,7 +87,6 @@ def read_handshake_frame(sock: socket.socket, decoder: FrameDecoder, deadline: f
     Bytes after that frame stay in ``decoder`` for the data path (a fast peer may send DATA
     right behind its handshake message).
     """
-    decoder.max_body = MAX_HANDSHAKE_BODY
     while True:
         try:
             for frame_type, _header, body in decoder.frames():
@@ -104,12 +112,14 @@ def read_handshake_frame(sock: socket.socket, decoder: FrameDecoder, deadline: f
 
 
 def dial(endpoint: str) -> socket.socket:
-    """Connect to ``HOST:PORT``; an unreachable server is a :class:`UserError`."""
+    """Connect to ``IP:PORT``; an unreachable server is a :class:`UserError`.
+
+    The client resolved the server's name once, before it changed routes or DNS
+    (``client.resolve_endpoint``), so ``endpoint`` holds an address and nothing is resolved here.
+    """
     host, port = parse_endpoint(endpoint)
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-    except socket.gaierror as exc:
-        raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
     except TimeoutError:
         raise UserError(f"server {host}:{port} is unreachable: connection timed out") from None
     except OSError as exc:
@@ -145,6 +155,7 @@ def client_handshake(sock: socket.socket, profile: Profile) -> tuple[SessionSett
     except MessageError as exc:
         raise HandshakeFailed(f"bad session settings from the server: {exc}") from None
     sock.settimeout(None)
+    decoder.max_body = MAX_FRAME_BODY  # our decoder: the session limit from the next byte on (PROTOCOL.md 3.1)
     link = PeerLink(sock, SendState(keys.send_key), ReceiveState(keys.recv_key), decoder)
     try:
         with link.send_lock:  # key confirmation: proves to the server that we hold the psk
@@ -249,6 +260,7 @@ def server_handshake(
     if not admission.confirm_timestamp(client_key, hello.timestamp):
         raise HandshakeFailed(f"client {record.name}: a newer handshake from this client won the race")
     sock.settimeout(None)
+    decoder.max_body = MAX_FRAME_BODY  # our decoder: the session limit from the next byte on (PROTOCOL.md 3.1)
     return record, settings, PeerLink(sock, SendState(keys.send_key), receive, decoder)
 
 

@@ -9,12 +9,15 @@ Follow one packet from an application on the client to the server:
    :meth:`PeerLink.flush` then sends them all with one ``sendall``.
 3. On the server, :meth:`PeerLink.receive_packets` receives many frames with one
    ``recv_into``, opens each with the next counter nonce, and hands the plaintext to the
-   server's router (:class:`ServerRouter`), which checks the source address and writes the
-   packet to the server's TUN, or hands it straight to another client's queue.
+   server's router (:class:`ServerRouter`). The packet core (core.py) decides, and the router
+   does what it says: write the packet to the server's TUN, put it in another client's queue,
+   or drop and count it.
 
-The way back is symmetric: the server's TUN reader (:meth:`ServerRouter.pump_tun`) routes
-each packet by destination address into that client's bounded :class:`PacketQueue`, and the
-client's sender thread (:func:`pump_queue_to_link`) seals and sends it.
+The way back: the server's TUN reader (:meth:`ServerRouter.pump_tun`) routes each packet by
+destination address. When that client's queue is empty and its carrier takes the bytes at
+once, the TUN reader seals and sends them itself, non-blocking (one thread wake-up less per
+round trip); otherwise they wait in the client's fair, bounded :class:`PacketQueue` for its
+sender thread (:func:`pump_queue_to_link`), so a slow client never stalls the others.
 
 Performance rules used throughout (see README, "Speed"): buffers allocated once,
 methods bound to locals outside loops, no logging per packet, and counters instead.
@@ -31,16 +34,15 @@ import socket
 import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from typing import Protocol
 
+from core import TUN_SOURCE, Counters, FairQueue, ServerCore, Verdict, client_verdict
 from framing import AEAD_TAG_LEN, HEADER_LEN, MAX_FRAME_BODY, MAX_PACKET_LEN, FrameDecoder, FrameError, FrameType
-from packets import echo_reply_for
+from packets import IPV4_MIN_HEADER_LEN
 from rekey import FRAME_CHARGE, Action, InitiatorRole, KeySchedule, Policy, ProtocolError, ResponderRole, SessionExpired
 from transport import DecryptError, NonceExhausted, ReceiveState, SendState
 from tundev import TunDevice
-from vnet import PLAIN_VNET_HDR, vnet_problem
 
 log = logging.getLogger(__name__)
 
@@ -50,33 +52,14 @@ SEND_BUFFER_SIZE = 1 << 19
 """Frames are collected up to this size before one ``sendall``."""
 SEND_QUEUE_PACKETS = 256
 SEND_QUEUE_BYTES = 2 << 20
-"""The two bounds of each client's queue on the server (see :class:`PacketQueue`)."""
-
-
-@dataclass
-class Counters:
-    """Per-tunnel statistics, logged at exit and on SIGUSR1. Plain ints, so an increment costs
-    almost nothing: the receive counters belong to the receiving thread alone, and the send
-    counters are only touched under the link's ``send_lock``."""
-
-    tx_packets: int = 0
-    tx_bytes: int = 0
-    rx_packets: int = 0
-    rx_bytes: int = 0
-    dropped_ipv6: int = 0
-    dropped_malformed: int = 0
-    dropped_spoofed: int = 0
-    dropped_no_route: int = 0
-    dropped_bad_vnet: int = 0
-    dropped_tun_write: int = 0
-    icmp_replies: int = 0
-    keepalives_sent: int = 0
-    """A send counter (under ``send_lock``)."""
-    rekeys: int = 0
-    """Completed rekeys; written by the receiving thread alone (rekey.KeySchedule.rekeys)."""
-
-    def summary(self) -> str:
-        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name))
+"""The two bounds of each client's queue on the server (see :class:`core.FairQueue`)."""
+FAIR_PACKET_COST = 16 << 10
+"""What the fair queue charges per packet on top of its length: sealing and sending one packet
+costs about as much as copying 16 KB more, so fairness is in the sender's time, not in bytes."""
+FAIR_QUANTUM = MAX_PACKET_LEN + FAIR_PACKET_COST
+"""What a source may spend per deficit-round-robin turn: one packet of any size, at least."""
+TUN_BATCH_BYTES = 256 << 10
+"""The server's TUN reader hands on what it read once this much waits, even if the TUN has more."""
 
 
 class LinkClosed(Exception):
@@ -110,7 +93,6 @@ class PeerLink:
     def __init__(self, sock: socket.socket, send: SendState, recv: ReceiveState, decoder: FrameDecoder) -> None:
         self.sock = sock
         self._decoder = decoder
-        decoder.max_body = MAX_FRAME_BODY
         self._out = memoryview(bytearray(SEND_BUFFER_SIZE))
         self._out_len = 0
         self.send_lock = threading.Lock()
@@ -200,6 +182,47 @@ class PeerLink:
                 counters.tx_packets += 1
                 counters.tx_bytes += len(packet)
             self.flush()
+
+    def send_now(self, packets: list[bytes]) -> bool:
+        """Seal and send ``packets`` from a thread that must never block (the server's TUN reader).
+
+        Returns False, having done nothing, when another thread is sending or earlier bytes still
+        wait: the caller queues the packets instead. Otherwise the packets are sealed and the
+        socket takes what it can at once; whatever it did not take stays in the output buffer,
+        :attr:`backlogged` turns True, and the caller must have the sender thread :meth:`flush`.
+        ``packets`` must fit the output buffer (the TUN reader hands on TUN_BATCH_BYTES at most),
+        so :meth:`append` never has to flush, which would block. When these bytes would bring the
+        key schedule due (a rekey to start, a limit to check), it refuses too: the sender
+        thread's :meth:`flush` runs the schedule, which may block, and this thread must not.
+        """
+        if not self.send_lock.acquire(blocking=False):
+            return False
+        try:
+            counters = self.counters
+            due = counters.tx_bytes + FRAME_CHARGE * (self._send.counter + len(packets)) + sum(map(len, packets))
+            if self._out_len or due >= self._tx_due:
+                return False
+            for packet in packets:
+                self.append(packet)
+                counters.tx_packets += 1
+                counters.tx_bytes += len(packet)
+            try:
+                sent = self.sock.send(self._out[: self._out_len], socket.MSG_DONTWAIT)
+            except OSError:
+                sent = 0  # full (EAGAIN), or broken: the sender thread's flush finds out which
+            rest = self._out_len - sent
+            if rest:
+                buf = self._out.obj
+                buf[:rest] = buf[sent : self._out_len]
+            self._out_len = rest
+            return True
+        finally:
+            self.send_lock.release()
+
+    @property
+    def backlogged(self) -> bool:
+        """Sealed bytes wait for a :meth:`flush` (after a :meth:`send_now` the socket refused in part)."""
+        return self._out_len > 0
 
     def _poll(self, now: float) -> None:
         """Run the schedule's timers and limits and send what it asks for (lock held)."""
@@ -357,55 +380,42 @@ def supervise(name: str, body: Callable[[], None], end: SessionEnd, on_exit: Cal
     return thread
 
 
-class Waker:
-    """A pipe whose only job is to wake threads blocked in ``poll`` on a TUN at shutdown."""
+class StopFlag(Protocol):
+    """What the pump threads need of the stop flag (``runtime.StopSignal``): a descriptor that
+    polls readable once the flag is raised, so a thread asleep in ``poll`` on a TUN wakes."""
 
-    def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-
-    def wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self.write_fd, b"x")
-
-    def drain(self) -> None:
-        """Re-arm after a wake, so the next session's threads sleep again."""
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self.read_fd, 64):
-                pass
-
-    def close(self) -> None:
-        os.close(self.read_fd)
-        os.close(self.write_fd)
+    def fileno(self) -> int: ...
 
 
 def _wait_readable(poller: select.poll, tun_fd: int) -> bool:
-    """Block until the TUN has a packet (True) or the waker fired (False)."""
+    """Block until the TUN has a packet (True) or the stop flag went up (False)."""
     return all(fd == tun_fd for fd, _ in poller.poll())
 
 
-def _make_poller(tun: TunDevice, waker: Waker) -> select.poll:
+def _make_poller(tun: TunDevice, stop: StopFlag) -> select.poll:
     os.set_blocking(tun.fd, False)
     poller = select.poll()
     poller.register(tun.fd, select.POLLIN)
-    poller.register(waker.read_fd, select.POLLIN)
+    poller.register(stop.fileno(), select.POLLIN)
     return poller
 
 
-def read_tun(tun: TunDevice, waker: Waker, counters: Counters) -> Iterator[memoryview | None]:
+def read_tun(tun: TunDevice, stop: StopFlag, counters: Counters) -> Iterator[memoryview | None]:
     """Yield every IPv4 packet the TUN has ready, then ``None`` once it is drained.
 
     The TUN is non-blocking: we read until EAGAIN, which is the moment to send what was
-    collected (the ``None``), then sleep in ``poll`` until more arrives or the waker fires (the
-    generator then ends). Each packet is a view into one reusable buffer, valid until the next
-    one is read. Anything but IPv4 is dropped and counted: the tunnel carries IPv4 only.
+    collected (the ``None``), then sleep in ``poll`` until more arrives or the stop flag goes up
+    (the generator then ends). Each packet is a view into one reusable buffer, valid until the next
+    one is read. Anything but IPv4 is dropped and counted: the tunnel carries IPv4 only. The
+    counters touched here (``dropped_ipv6``, ``dropped_tun_short``) belong to the reading thread.
     A deleted interface raises :class:`TunGone`; our own shutdown never closes the descriptor
     before this loop has ended (the TUN outlives every thread that touches it).
     """
-    poller = _make_poller(tun, waker)
+    poller = _make_poller(tun, stop)
     buf = memoryview(bytearray(MAX_PACKET_LEN))
     bufs = [buf]
     readv, fd = os.readv, tun.fd
-    version_at, minimum = tun.vnet_hdr_len, tun.vnet_hdr_len + 20
+    version_at, minimum = tun.vnet_hdr_len, tun.vnet_hdr_len + IPV4_MIN_HEADER_LEN
     while _wait_readable(poller, fd):
         while True:
             try:
@@ -417,7 +427,7 @@ def read_tun(tun: TunDevice, waker: Waker, counters: Counters) -> Iterator[memor
                     raise TunGone(f"TUN device {tun.name} was deleted") from None
                 raise
             if length < minimum:
-                counters.dropped_malformed += 1
+                counters.dropped_tun_short += 1
             elif buf[version_at] >> 4 != 4:
                 counters.dropped_ipv6 += 1
             else:
@@ -425,14 +435,14 @@ def read_tun(tun: TunDevice, waker: Waker, counters: Counters) -> Iterator[memor
         yield None
 
 
-def pump_tun_to_link(tun: TunDevice, link: PeerLink, waker: Waker) -> None:
+def pump_tun_to_link(tun: TunDevice, link: PeerLink, stop: StopFlag) -> None:
     """Client thread 1: TUN -> seal -> socket, one ``sendall`` for all the TUN had ready.
 
     Under load a batch holds many packets; when idle, a lone ping goes out immediately.
     """
     counters = link.counters
     append, flush, lock = link.append, link.flush, link.send_lock
-    for packet in read_tun(tun, waker, counters):
+    for packet in read_tun(tun, stop, counters):
         with lock:  # the receiver thread may send an ICMP reply: same buffer, same counters
             if packet is None:
                 flush()
@@ -443,68 +453,95 @@ def pump_tun_to_link(tun: TunDevice, link: PeerLink, waker: Waker) -> None:
 
 
 class PacketQueue:
-    """A bounded queue of packets for one client: drop-newest when full, never block.
+    """One client's send queue on the server: a :class:`core.FairQueue` made thread-safe.
 
-    Bounded twice: at most SEND_QUEUE_PACKETS packets (plain mode: about 360 KB) and at most
-    SEND_QUEUE_BYTES (offload mode: 32 super-packets), so small inner ACKs are never starved
-    of slots by the packet bound, and 64 KB packets cannot pile up 16 MB of latency. A full
-    queue drops the packet: the inner TCP sees a loss and slows down instead of a growing wall
-    of latency (TCP-over-TCP meltdown). Several threads put (the TUN reader, other clients'
-    receivers), one takes; a plain lock keeps the byte count exact, and an
-    :class:`threading.Event` wakes the consumer only when it actually sleeps.
+    Several threads put (the TUN reader, other clients' receivers, the client's own receiver
+    for ping replies); one sender thread takes. A plain lock keeps the fair queue consistent,
+    and a :class:`threading.Event` wakes the sender only when it sleeps. The queue also knows
+    whether the sender is busy with a batch, so the TUN reader may send past it (see
+    :meth:`claim_idle`) only when that cannot reorder anything.
     """
 
     def __init__(self, max_packets: int = SEND_QUEUE_PACKETS, max_bytes: int = SEND_QUEUE_BYTES) -> None:
-        self.max_packets = max_packets
-        self.max_bytes = max_bytes
-        self._items: deque[bytes | None] = deque()
-        self._bytes = 0
+        self._fair = FairQueue(max_packets, max_bytes, FAIR_QUANTUM, FAIR_PACKET_COST)
         self._lock = threading.Lock()
         self._ready = threading.Event()
-        self.dropped = 0
+        self._closed = False
+        self._flush_wanted = False
+        self._busy = False
+        """The sender holds a batch, or a TUN reader is sending past the queue."""
 
-    def put(self, packet: bytes) -> bool:
-        """Queue ``packet``; return False, counting it in ``dropped``, if the queue is full."""
+    @property
+    def dropped(self) -> int:
+        return self._fair.dropped
+
+    @property
+    def dropped_by_source(self) -> dict[bytes, int]:
+        """Drops so far, by source (a copy)."""
         with self._lock:
-            if len(self._items) >= self.max_packets or self._bytes + len(packet) > self.max_bytes:
-                self.dropped += 1
-                return False
-            self._items.append(packet)
-            self._bytes += len(packet)
+            return dict(self._fair.dropped_by_source)
+
+    def put(self, source: bytes, packet: bytes) -> bool:
+        """Queue ``packet`` from ``source``; False if it (or nothing) was dropped for room: counted."""
+        with self._lock:
+            queued = self._fair.push(source, packet)
         if not self._ready.is_set():
             self._ready.set()
-        return True
+        return queued
 
-    def close(self) -> None:
-        """Make the consumer's :meth:`get_batch` return an empty list."""
+    def claim_idle(self) -> bool:
+        """True, and the caller may send past the queue, if nothing is queued or being sent.
+
+        The caller must :meth:`release` afterwards. Nothing can overtake a queued packet this
+        way, so every source's packets stay in order.
+        """
         with self._lock:
-            self._items.append(None)
+            if self._busy or self._closed or self._fair.packets:
+                return False
+            self._busy = True
+            return True
+
+    def release(self) -> None:
+        """End a :meth:`claim_idle` or a batch from :meth:`get_batch`."""
+        with self._lock:
+            self._busy = False
+
+    def want_flush(self) -> None:
+        """Wake the sender to flush what a non-blocking send left behind."""
+        with self._lock:
+            self._flush_wanted = True
         self._ready.set()
 
-    def get_batch(self, limit: int = 64) -> list[bytes]:
-        """Block until something is queued; return up to ``limit`` packets ([] when closed)."""
-        items, ready = self._items, self._ready
-        while not items:
-            ready.clear()
-            if items:
-                break
-            ready.wait()
-        batch: list[bytes] = []
+    def close(self) -> None:
+        """Make the sender's :meth:`get_batch` return None."""
         with self._lock:
-            while items and len(batch) < limit:
-                packet = items.popleft()
-                if packet is None:
-                    return []
-                batch.append(packet)
-                self._bytes -= len(packet)
-        return batch
+            self._closed = True
+        self._ready.set()
+
+    def get_batch(self, limit: int = 64) -> list[bytes] | None:
+        """Block until there is work; return up to ``limit`` packets (maybe none: just flush),
+        or None once closed. The caller calls :meth:`release` when the batch is sent."""
+        fair, lock, ready = self._fair, self._lock, self._ready
+        while True:
+            with lock:
+                if self._closed:
+                    return None
+                if fair.packets or self._flush_wanted:
+                    self._flush_wanted = False
+                    self._busy = True
+                    return fair.pop_batch(limit)
+                ready.clear()
+            ready.wait()
 
 
 def pump_queue_to_link(queue: PacketQueue, link: PeerLink) -> None:
     """Server sender thread, one per client: queue -> seal -> socket."""
-    get_batch, send_packets = queue.get_batch, link.send_packets
-    while batch := get_batch():
-        send_packets(batch)
+    get_batch, send_packets, release = queue.get_batch, link.send_packets, queue.release
+    while (batch := get_batch()) is not None:
+        try:
+            send_packets(batch)  # an empty batch flushes what a non-blocking send left
+        finally:
+            release()
 
 
 def write_to_tun(tun_fd: int, packet: memoryview | bytes, counters: Counters) -> None:
@@ -522,48 +559,20 @@ def write_to_tun(tun_fd: int, packet: memoryview | bytes, counters: Counters) ->
             counters.dropped_tun_write += 1
 
 
-def acceptable(packet: memoryview, vnet_hdr_len: int, counters: Counters) -> bool:
-    """Whether a plaintext from the peer may go on: an IPv4 packet behind a virtio-net header
-    the kernel will take (offload mode). Anything else is dropped and counted, never fatal."""
-    if len(packet) < vnet_hdr_len + 20 or packet[vnet_hdr_len] >> 4 != 4:
-        counters.dropped_malformed += 1
-        return False
-    if vnet_hdr_len and vnet_problem(packet) is not None:
-        counters.dropped_bad_vnet += 1
-        return False
-    return True
-
-
-def icmp_reply(packet: memoryview, own_address: bytes, vnet_hdr_len: int) -> bytes | None:
-    """The user-space echo reply for ``packet`` (which may carry a virtio-net header), or None.
-
-    A packet with a virtio-net header qualifies only if the header asks for nothing
-    (no GSO, no checksum to finish): ICMP packets always look like that.
-    """
-    if vnet_hdr_len:
-        if any(packet[:vnet_hdr_len]):
-            return None
-        reply = echo_reply_for(packet[vnet_hdr_len:], own_address)
-        return None if reply is None else PLAIN_VNET_HDR + reply
-    return echo_reply_for(packet, own_address)
-
-
 def make_client_deliver(
     tun: TunDevice, link: PeerLink, own_address: bytes, answer_icmp: bool
 ) -> Callable[[memoryview], None]:
-    """Client thread 2's per-packet step: validate and write to the TUN (or answer a ping)."""
+    """Client thread 2's per-packet step: the core decides, this writes to the TUN or replies."""
     fd, offset, counters = tun.fd, tun.vnet_hdr_len, link.counters
+    tun_action, reply_action = Verdict.TUN, Verdict.REPLY
 
     def deliver(packet: memoryview) -> None:
-        if not acceptable(packet, offset, counters):
-            return
-        if answer_icmp and packet[offset + 16 : offset + 20] == own_address:
-            reply = icmp_reply(packet, own_address, offset)
-            if reply is not None:
-                counters.icmp_replies += 1
-                link.send_packets([reply])
-                return
-        write_to_tun(fd, packet, counters)
+        action, data = client_verdict(packet, offset, own_address, answer_icmp, counters)
+        if action == tun_action:
+            write_to_tun(fd, packet, counters)
+        elif action == reply_action:
+            counters.icmp_replies += 1
+            link.send_packets([data])
 
     return deliver
 
@@ -579,8 +588,12 @@ class ClientSession:
         self.queue = PacketQueue()
 
     def stats(self) -> str:
-        drops = f" dropped_queue_full={self.queue.dropped}" if self.queue.dropped else ""
-        return self.link.counters.summary() + drops
+        drops = self.queue.dropped_by_source
+        total = sum(drops.values())
+        text = f" dropped_queue_full={total}" if total else ""
+        if drops.get(TUN_SOURCE):  # the server's own packets lost their share: worth knowing apart
+            text += f" dropped_queue_full_from_tun={drops[TUN_SOURCE]}"
+        return self.link.counters.summary() + text
 
     def close(self) -> None:
         self.queue.close()
@@ -588,21 +601,19 @@ class ClientSession:
 
 
 class ServerRouter:
-    """Routes packets between the server's one TUN and many client sessions.
+    """Carries out the :class:`core.ServerCore`'s decisions between the TUN and the sessions.
 
-    Routing is by destination address: the tunnel gives each client one /32, so a dict
-    from 4-byte address to session is the whole routing table. Client-to-client packets are
-    handed from one client's receiver straight to the other's queue, without a trip
-    through the kernel (so the server needs no IP forwarding for them).
+    The core holds the routing table (address -> :class:`ClientSession`); this class adds the
+    lock that guards changes to it and the I/O each decision needs.
     """
 
-    def __init__(self, tun: TunDevice, own_address: bytes, answer_icmp: bool) -> None:
+    def __init__(self, tun: TunDevice, own_address: bytes, answer_icmp: bool, isolate_clients: bool = False) -> None:
         self.tun = tun
-        self.own_address = own_address
-        self.answer_icmp = answer_icmp
-        self.sessions: dict[bytes, ClientSession] = {}
+        self.core: ServerCore[ClientSession] = ServerCore(own_address, tun.vnet_hdr_len, answer_icmp, isolate_clients)
+        self.sessions = self.core.routes
         self.lock = threading.Lock()
         self.counters = Counters()
+        """The TUN reader's: packets from the TUN that no client owns, or that were malformed."""
 
     def attach(self, session: ClientSession) -> ClientSession | None:
         """Make ``session`` the route for its address; return the session it replaces."""
@@ -616,44 +627,66 @@ class ServerRouter:
             if self.sessions.get(session.address) is session:
                 del self.sessions[session.address]
 
-    def pump_tun(self, waker: Waker) -> None:
-        """The server's TUN reader thread: route each packet to its client's queue."""
-        offset = self.tun.vnet_hdr_len
-        destination = slice(offset + 16, offset + 20)
-        sessions, counters = self.sessions, self.counters
-        for packet in read_tun(self.tun, waker, counters):
-            if packet is None:
-                continue
-            session = sessions.get(bytes(packet[destination]))
-            if session is None:
-                counters.dropped_no_route += 1
-            else:
-                session.queue.put(bytes(packet))  # a full queue drops and counts it
+    def pump_tun(self, stop: StopFlag) -> None:
+        """The server's TUN reader thread: route each packet to its client, directly or queued.
+
+        Packets are collected per client while the TUN has more (up to TUN_BATCH_BYTES), then
+        handed on: sealed and sent from this thread when the client's queue is idle and its
+        socket takes them without blocking, queued for its sender thread otherwise.
+        """
+        from_tun, counters = self.core.from_tun, self.counters
+        pending: dict[ClientSession, list[bytes]] = {}
+        pending_bytes = 0
+        for packet in read_tun(self.tun, stop, counters):
+            if packet is not None:
+                session = from_tun(packet, counters)
+                if session is None:
+                    continue
+                batch = pending.get(session)
+                if batch is None:
+                    batch = pending[session] = []
+                batch.append(bytes(packet))
+                pending_bytes += len(packet)
+                if pending_bytes < TUN_BATCH_BYTES:
+                    continue
+            for session, batch in pending.items():
+                hand_on(session, batch)
+            pending.clear()
+            pending_bytes = 0
 
     def make_deliver(self, session: ClientSession) -> Callable[[memoryview], None]:
         """The per-packet step of one client's receiver thread."""
-        fd, offset = self.tun.fd, self.tun.vnet_hdr_len
-        sessions, counters = self.sessions, session.link.counters
-        source, own, answer_icmp = session.address, self.own_address, self.answer_icmp
-        src_slice, dst_slice = slice(offset + 12, offset + 16), slice(offset + 16, offset + 20)
+        fd, counters, source = self.tun.fd, session.link.counters, session.address
+        from_client = self.core.from_client
+        tun_action, client_action, reply_action = Verdict.TUN, Verdict.CLIENT, Verdict.REPLY
 
         def deliver(packet: memoryview) -> None:
-            if not acceptable(packet, offset, counters):
-                return
-            if packet[src_slice] != source:
-                counters.dropped_spoofed += 1
-                return
-            dst = bytes(packet[dst_slice])
-            peer = sessions.get(dst)
-            if peer is not None:
-                peer.queue.put(bytes(packet))
-                return
-            if answer_icmp and dst == own:
-                reply = icmp_reply(packet, own, offset)
-                if reply is not None:
-                    if session.queue.put(reply):
-                        counters.icmp_replies += 1
-                    return
-            write_to_tun(fd, packet, counters)
+            action, peer, data = from_client(source, packet, counters)
+            if action == tun_action:
+                write_to_tun(fd, packet, counters)
+            elif action == client_action:
+                peer.queue.put(source, bytes(packet))  # a full queue drops and counts
+            elif action == reply_action and session.queue.put(source, data):
+                counters.icmp_replies += 1
 
         return deliver
+
+
+def hand_on(session: ClientSession, batch: list[bytes]) -> None:
+    """Send ``batch`` (packets from the TUN) to ``session`` now if that blocks nothing, else queue it."""
+    queue = session.queue
+    if queue.claim_idle():
+        try:
+            sent = session.link.send_now(batch)
+        except LinkClosed:  # its send key is used up: end that session, never this thread
+            session.close()
+            return
+        finally:
+            queue.release()
+        if sent:
+            if session.link.backlogged:
+                queue.want_flush()
+            return
+    put = queue.put
+    for packet in batch:
+        put(TUN_SOURCE, packet)

@@ -29,9 +29,8 @@ virtio byte order unless someone called TUNSETVNETBE, and tundev.py does not.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
-Buffer = bytes | bytearray | memoryview
+from packets import IPV4_MIN_HEADER_LEN, Buffer
 
 VIRTIO_NET_HDR_LEN = 10
 
@@ -59,7 +58,6 @@ IPPROTO_HOPOPTS = 0
 IPPROTO_ROUTING = 43
 IPPROTO_DSTOPTS = 60
 
-_IPV4_MIN_HEADER_LEN = 20
 _IPV6_HEADER_LEN = 40
 _TCP_MIN_HEADER_LEN = 20
 _UDP_HEADER_LEN = 8
@@ -71,53 +69,8 @@ _KNOWN_FLAGS = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
 _TCP_GSO = (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6)
 _MAX_IPV6_EXTENSION_HEADERS = 8
 
-_HDR = struct.Struct("<BBHHHH")
-
-
-@dataclass(frozen=True, slots=True)
-class VirtioNetHdr:
-    """One struct virtio_net_hdr, decoded. Use for logging, tests and building headers.
-
-    The data path does not build these objects per packet. `vnet_problem` reads the
-    fields straight from the buffer.
-    """
-
-    flags: int = 0
-    gso_type: int = VIRTIO_NET_HDR_GSO_NONE
-    hdr_len: int = 0  # bytes of IP + transport headers in front of the payload (a hint)
-    gso_size: int = 0  # payload bytes per segment when the packet is cut up
-    csum_start: int = 0  # offset from the IP header where checksumming starts
-    csum_offset: int = 0  # where, after csum_start, to store the checksum
-
-    def __post_init__(self) -> None:
-        # Catch out-of-range values here. Otherwise they would surface later as a
-        # struct.error from pack(), far from the bug.
-        if not (0 <= self.flags <= 0xFF and 0 <= self.gso_type <= 0xFF):
-            raise ValueError("flags and gso_type are 8-bit fields")
-        for value in (self.hdr_len, self.gso_size, self.csum_start, self.csum_offset):
-            if not 0 <= value <= 0xFFFF:
-                raise ValueError("hdr_len, gso_size, csum_start and csum_offset are 16-bit")
-
-    def pack(self) -> bytes:
-        """The 10 wire bytes, little-endian, ready to put in front of a packet."""
-        return _HDR.pack(
-            self.flags,
-            self.gso_type,
-            self.hdr_len,
-            self.gso_size,
-            self.csum_start,
-            self.csum_offset,
-        )
-
-    @classmethod
-    def unpack(cls, data: Buffer) -> VirtioNetHdr:
-        """Decode the first 10 bytes of `data` (extra bytes, e.g. the packet, are ignored).
-
-        Raises ValueError if `data` is shorter than a header.
-        """
-        if len(data) < VIRTIO_NET_HDR_LEN:
-            raise ValueError(f"virtio_net_hdr needs {VIRTIO_NET_HDR_LEN} bytes, got {len(data)}")
-        return cls(*_HDR.unpack_from(data))
+VIRTIO_NET_HDR = struct.Struct("<BBHHHH")
+"""flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (the 10-byte struct)."""
 
 
 PLAIN_VNET_HDR: bytes = bytes(VIRTIO_NET_HDR_LEN)
@@ -135,7 +88,7 @@ def _transport(frame: Buffer, version: int, packet_len: int) -> tuple[int, int] 
     ip = VIRTIO_NET_HDR_LEN
     if version == 4:
         header_len = (frame[ip] & 0x0F) * 4
-        if header_len < _IPV4_MIN_HEADER_LEN or header_len > packet_len:
+        if header_len < IPV4_MIN_HEADER_LEN or header_len > packet_len:
             return "bad IPv4 header length"
         return frame[ip + 9], header_len
     if packet_len < _IPV6_HEADER_LEN:
@@ -198,7 +151,7 @@ def vnet_problem(frame: Buffer) -> str | None:
     packet_len = frame_len - VIRTIO_NET_HDR_LEN
     if packet_len == 0:
         return "empty packet"
-    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = _HDR.unpack_from(frame)
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VIRTIO_NET_HDR.unpack_from(frame)
     version = frame[VIRTIO_NET_HDR_LEN] >> 4
     if version not in (4, 6):
         return "not an IPv4 or IPv6 packet"
@@ -214,7 +167,7 @@ def vnet_problem(frame: Buffer) -> str | None:
         return "checksum field outside packet"
     if hdr_len > packet_len:
         return "hdr_len exceeds packet"
-    if version == 4 and packet_len < _IPV4_MIN_HEADER_LEN:
+    if version == 4 and packet_len < IPV4_MIN_HEADER_LEN:
         return "packet shorter than an IPv4 header"
 
     gso = gso_type & ~VIRTIO_NET_HDR_GSO_ECN

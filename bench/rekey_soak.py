@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Rekey soak: one TCP stream at full speed for a long time, with and without frequent rekeys.
 
-    sudo flock /tmp/tunlib-bench.lock .venv/bin/python bench/rekey_soak.py [--seconds 600]
+    sudo flock /tmp/tunlib-bench.lock .venv/bin/python -m bench.rekey_soak [--seconds 600]   (from the repository)
          [--rekey-after 2] [--mode offload|plain] [--keep DIR] [-v]
 
 Two runs over the same kind of lab (``tests/netlab.py``, names ``tlr<pid>_<n>-*``, a server and
@@ -35,9 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for tests/netlab.py
-
-from tests import netlab
+import netlab
 
 BLOCK = 4 << 20
 """The sender repeats one random block of this size; the receiver hashes in chunks of it."""

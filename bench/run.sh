@@ -12,4 +12,4 @@ if [ -f "$root/scripts/bootstrap.sh" ]; then
     python=$TUNLIB_PYTHON
 fi
 cd "$root"
-exec "$python" "$root/bench/bench.py" "$@"
+exec "$python" -m bench.bench "$@" # as a module from the repository root: it imports netlab.py and bench/

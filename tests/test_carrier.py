@@ -156,3 +156,33 @@ def test_client_handshake_against_a_non_tls_server() -> None:
 def test_self_signed_certificate_names_and_loads(cert_files: tuple[str, str]) -> None:
     assert certificate_names(Path(cert_files[0]).read_bytes()) == [SERVER_NAME]
     server_context(*cert_files)  # the pair matches
+
+
+def test_nonblocking_send_keeps_the_stream_when_the_socket_is_full(cert_files: tuple[str, str]) -> None:
+    """As PeerLink.send_now uses it: what ``send`` did not take is offered again, first, with more
+    behind it; a blocking ``sendall`` finishes. The reader must see exactly the stream offered."""
+    client, server = connected_pair(cert_files)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stream = os.urandom(4 << 20)
+    got = bytearray()
+
+    def read_all() -> None:
+        buf = bytearray(1 << 16)
+        while len(got) < len(stream):
+            count = server.recv_into(buf)
+            assert count
+            got.extend(buf[:count])
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    offered, unsent, partial = 0, b"", 0
+    while offered < len(stream):
+        chunk = unsent + stream[offered : offered + 100_000]
+        offered = min(offered + 100_000, len(stream))
+        taken = client.send(chunk, socket.MSG_DONTWAIT)
+        partial += taken < len(chunk)
+        unsent = chunk[taken:]
+    client.sendall(unsent)
+    reader.join(30)
+    assert partial, "the socket never refused: the test did not test the refusal"
+    assert hashlib.sha256(got).digest() == hashlib.sha256(stream).digest()

@@ -12,6 +12,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wiretools import feed
 
 from framing import (
     AEAD_TAG_LEN,
@@ -42,7 +43,7 @@ def decode_in_chunks(stream: bytes, cuts: list[int], max_body: int = MAX_BODY, b
     out = []
     bounds = [0, *sorted(cuts), len(stream)]
     for lo, hi in itertools.pairwise(bounds):
-        decoder.feed(stream[lo:hi])
+        feed(decoder, stream[lo:hi])
         out.extend(drain(decoder))
     assert decoder.buffered == 0
     return out
@@ -117,7 +118,7 @@ def test_decoder_rejects_buffer_smaller_than_one_max_frame():
 
 def test_decoder_yields_header_and_body_views():
     decoder = FrameDecoder(MAX_BODY, BUFFER)
-    decoder.feed(encode_frame(FrameType.DATA, b"hello") + encode_frame(FrameType.REJECT, b"\x01"))
+    feed(decoder, encode_frame(FrameType.DATA, b"hello") + encode_frame(FrameType.REJECT, b"\x01"))
     frames = drain(decoder)
     assert frames == [
         (FrameType.DATA, bytes.fromhex("0000000504"), b"hello"),
@@ -130,7 +131,7 @@ def test_decoder_yields_header_and_body_views():
 def test_decoder_empty_body_and_unknown_type_pass_through():
     """Types are the caller's business: the decoder only cuts the stream."""
     decoder = FrameDecoder(MAX_BODY, BUFFER)
-    decoder.feed(encode_frame(0x99, b"") + encode_frame(0x00, b"x"))
+    feed(decoder, encode_frame(0x99, b"") + encode_frame(0x00, b"x"))
     assert drain(decoder) == [(0x99, bytes.fromhex("0000000099"), b""), (0x00, bytes.fromhex("0000000100"), b"x")]
 
 
@@ -138,13 +139,13 @@ def test_buffered_counts_partial_frame_bytes():
     decoder = FrameDecoder(MAX_BODY, BUFFER)
     frame = encode_frame(FrameType.DATA, b"x" * 20)
     assert decoder.buffered == 0
-    decoder.feed(frame[:3])
+    feed(decoder, frame[:3])
     assert drain(decoder) == []
     assert decoder.buffered == 3
-    decoder.feed(frame[3:10])
+    feed(decoder, frame[3:10])
     assert drain(decoder) == []
     assert decoder.buffered == 10
-    decoder.feed(frame[10:] + frame[:7])
+    feed(decoder, frame[10:] + frame[:7])
     assert drain(decoder) == [(FrameType.DATA, frame[:5], b"x" * 20)]
     assert decoder.buffered == 7
 
@@ -163,7 +164,7 @@ def test_free_space_compacts_partial_frame_to_the_front():
     """After compaction the whole buffer minus the pending partial frame is free, so a
     maximum-size frame always fits behind it."""
     decoder = FrameDecoder(MAX_BODY, BUFFER)
-    decoder.feed(encode_frame(1, b"a" * 100) + encode_frame(2, b"b" * 50)[:20])
+    feed(decoder, encode_frame(1, b"a" * 100) + encode_frame(2, b"b" * 50)[:20])
     drain(decoder)
     assert decoder.buffered == 20
     assert len(decoder.free_space()) == BUFFER - 20
@@ -174,16 +175,16 @@ def test_max_frame_fits_exactly_sized_buffer_after_partial_consumption():
     decoder = FrameDecoder(max_body, HEADER_LEN + max_body)
     small = encode_frame(1, b"s" * 10)
     big = encode_frame(2, b"B" * max_body)
-    decoder.feed(small + big[:50])
+    feed(decoder, small + big[:50])
     assert drain(decoder) == expected([(1, b"s" * 10)])
-    decoder.feed(big[50:])
+    feed(decoder, big[50:])
     assert drain(decoder) == expected([(2, b"B" * max_body)])
 
 
 def test_frames_stops_at_first_frame_when_caller_breaks_out():
     """read_handshake_frame returns after one frame; the rest must stay buffered."""
     decoder = FrameDecoder(MAX_BODY, BUFFER)
-    decoder.feed(encode_frame(1, b"first") + encode_frame(4, b"second") + encode_frame(4, b"thi"))
+    feed(decoder, encode_frame(1, b"first") + encode_frame(4, b"second") + encode_frame(4, b"thi"))
     for frame_type, _header, body in decoder.frames():
         assert (frame_type, bytes(body)) == (1, b"first")
         break
@@ -196,29 +197,29 @@ def test_frames_stops_at_first_frame_when_caller_breaks_out():
 
 def test_oversized_length_rejected_from_header_alone():
     decoder = FrameDecoder(MAX_BODY, BUFFER)
-    decoder.feed(encode_header(FrameType.DATA, MAX_BODY + 1))  # no body at all
+    feed(decoder, encode_header(FrameType.DATA, MAX_BODY + 1))  # no body at all
     with pytest.raises(FrameError, match=str(MAX_BODY + 1)):
         drain(decoder)
 
 
 def test_length_at_the_limit_waits_for_the_body():
     decoder = FrameDecoder(MAX_BODY, BUFFER)
-    decoder.feed(encode_header(FrameType.DATA, MAX_BODY))
+    feed(decoder, encode_header(FrameType.DATA, MAX_BODY))
     assert drain(decoder) == []
-    decoder.feed(b"z" * MAX_BODY)
+    feed(decoder, b"z" * MAX_BODY)
     assert drain(decoder) == expected([(FrameType.DATA, b"z" * MAX_BODY)])
 
 
 def test_huge_length_rejected_even_with_a_huge_buffer():
     decoder = FrameDecoder(MAX_FRAME_BODY, 1 << 20)
-    decoder.feed(encode_header(FrameType.DATA, 2**32 - 1))
+    feed(decoder, encode_header(FrameType.DATA, 2**32 - 1))
     with pytest.raises(FrameError):
         drain(decoder)
 
 
 def test_frames_before_an_oversized_header_are_still_delivered():
     decoder = FrameDecoder(MAX_BODY, BUFFER)
-    decoder.feed(encode_frame(4, b"ok") + encode_header(4, MAX_BODY + 1))
+    feed(decoder, encode_frame(4, b"ok") + encode_header(4, MAX_BODY + 1))
     got = []
     with pytest.raises(FrameError):
         for t, _h, b in decoder.frames():
@@ -227,38 +228,39 @@ def test_frames_before_an_oversized_header_are_still_delivered():
 
 
 def test_max_body_can_be_raised_after_the_handshake():
-    """session.py lowers max_body to MAX_HANDSHAKE_BODY, PeerLink raises it again."""
+    """session.py creates its decoder with MAX_HANDSHAKE_BODY and raises the limit itself when it
+    hands the decoder to the PeerLink; nobody else changes it."""
     decoder = FrameDecoder(MAX_FRAME_BODY, 1 << 20)
     decoder.max_body = MAX_HANDSHAKE_BODY
-    decoder.feed(encode_header(FrameType.DATA, MAX_HANDSHAKE_BODY + 1))
+    feed(decoder, encode_header(FrameType.DATA, MAX_HANDSHAKE_BODY + 1))
     with pytest.raises(FrameError):
         drain(decoder)
     decoder = FrameDecoder(MAX_FRAME_BODY, 1 << 20)
     decoder.max_body = MAX_HANDSHAKE_BODY
     decoder.max_body = MAX_FRAME_BODY
-    decoder.feed(encode_frame(FrameType.DATA, bytes(MAX_HANDSHAKE_BODY + 1)))
+    feed(decoder, encode_frame(FrameType.DATA, bytes(MAX_HANDSHAKE_BODY + 1)))
     assert len(drain(decoder)) == 1
 
 
 def test_feed_overflow_raises_frame_error():
     decoder = FrameDecoder(100, HEADER_LEN + 100)
     with pytest.raises(FrameError, match="full"):
-        decoder.feed(bytes(HEADER_LEN + 101))
+        feed(decoder, bytes(HEADER_LEN + 101))
 
 
 def test_feed_overflow_when_unconsumed_frames_fill_the_buffer():
     decoder = FrameDecoder(10, 30)
-    decoder.feed(encode_frame(1, b"0123456789") * 2)  # exactly 30 bytes, nothing consumed
+    feed(decoder, encode_frame(1, b"0123456789") * 2)  # exactly 30 bytes, nothing consumed
     with pytest.raises(FrameError, match="full"):
-        decoder.feed(b"\x00")
+        feed(decoder, b"\x00")
 
 
 def test_feed_fills_buffer_exactly_without_error():
     decoder = FrameDecoder(10, 30)
-    decoder.feed(encode_frame(1, b"0123456789") * 2)
+    feed(decoder, encode_frame(1, b"0123456789") * 2)
     assert decoder.buffered == 30
     assert len(drain(decoder)) == 2
-    decoder.feed(encode_frame(1, b"0123456789") * 2)  # space is reclaimed after consuming
+    feed(decoder, encode_frame(1, b"0123456789") * 2)  # space is reclaimed after consuming
     assert len(drain(decoder)) == 2
 
 
@@ -267,7 +269,7 @@ def test_feed_fills_buffer_exactly_without_error():
 
 def test_views_stay_valid_until_next_free_space():
     decoder = FrameDecoder(MAX_BODY, BUFFER)
-    decoder.feed(encode_frame(1, b"AAAA") + encode_frame(2, b"BBBB") + encode_frame(3, b"CCCCCC")[:7])
+    feed(decoder, encode_frame(1, b"AAAA") + encode_frame(2, b"BBBB") + encode_frame(3, b"CCCCCC")[:7])
     views = list(decoder.frames())
     assert [(t, bytes(b)) for t, _h, b in views] == [(1, b"AAAA"), (2, b"BBBB")]
     # No free_space() yet: the views still show the frames, all at once.
@@ -279,13 +281,13 @@ def test_views_stay_valid_until_next_free_space():
     decoder.free_space()
     assert bytes(views[0][1]) != encode_header(1, 4)
     assert copies == [b"AAAA", b"BBBB"]
-    decoder.feed(b"CCCC")
+    feed(decoder, b"CCCC")
     assert drain(decoder) == expected([(3, b"CCCCCC")])
 
 
 def test_views_are_memoryviews_of_exact_size():
     decoder = FrameDecoder(MAX_BODY, BUFFER)
-    decoder.feed(encode_frame(4, b"payload"))
+    feed(decoder, encode_frame(4, b"payload"))
     ((_t, header, body),) = list(decoder.frames())
     assert isinstance(header, memoryview)
     assert isinstance(body, memoryview)
@@ -352,7 +354,7 @@ def test_random_chunking_through_recv_into_path(frames, data):
 @given(length=st.integers(MAX_BODY + 1, 2**32 - 1), frame_type=st.integers(0, 255))
 def test_any_oversized_header_rejected(length, frame_type):
     decoder = FrameDecoder(MAX_BODY, BUFFER)
-    decoder.feed(encode_header(frame_type, length))
+    feed(decoder, encode_header(frame_type, length))
     with pytest.raises(FrameError):
         drain(decoder)
 
@@ -360,6 +362,6 @@ def test_any_oversized_header_rejected(length, frame_type):
 @given(prefix=st.binary(max_size=4))
 def test_incomplete_header_yields_nothing(prefix):
     decoder = FrameDecoder(MAX_BODY, BUFFER)
-    decoder.feed(prefix)
+    feed(decoder, prefix)
     assert drain(decoder) == []
     assert decoder.buffered == len(prefix)

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from errors import UserError
 from journal import Journal, cleanup, journal_path, journals_for, netns_identity, recorded_here, write_in_place
 

@@ -8,7 +8,6 @@ MessageError.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -19,7 +18,9 @@ from hypothesis import strategies as st
 
 from messages import (
     DEFAULT_MTU,
+    MAX_MTU,
     MAX_PAYLOAD,
+    MIN_MTU,
     TAI64N_LEN,
     ClientHello,
     MessageError,
@@ -258,10 +259,26 @@ def test_payload_size_limit_checked_before_parsing():
         SessionSettings.decode(body + b" ")
 
 
+def assert_well_formed(decoded: SessionSettings) -> None:
+    """What any accepted settings message must satisfy: typed fields, an MTU in range, and an
+    encoding that decodes to the same settings (nothing accepted that we could not send)."""
+    assert isinstance(decoded.address, ipaddress.IPv4Interface)
+    assert isinstance(decoded.server_address, ipaddress.IPv4Address)
+    assert isinstance(decoded.mtu, int) and not isinstance(decoded.mtu, bool) and MIN_MTU <= decoded.mtu <= MAX_MTU
+    assert isinstance(decoded.offload, bool)
+    assert all(isinstance(r, ipaddress.IPv4Network) for r in decoded.routes)
+    assert all(isinstance(d, ipaddress.IPv4Address) for d in decoded.dns)
+    assert SessionSettings.decode(decoded.encode()) == decoded
+
+
 @given(data=st.binary(max_size=600))
 def test_session_settings_decode_raises_only_message_error(data):
-    with contextlib.suppress(MessageError):
-        SessionSettings.decode(data)
+    try:
+        decoded = SessionSettings.decode(data)
+    except MessageError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert_well_formed(decoded)
 
 
 json_values = st.recursive(
@@ -287,8 +304,13 @@ json_values = st.recursive(
 )
 def test_session_settings_structured_fuzz_raises_only_message_error(fields):
     """Well-formed JSON with every key possibly of the wrong type reaches deeper than random bytes."""
-    with contextlib.suppress(MessageError):
-        SessionSettings.decode(json.dumps(fields).encode())
+    try:
+        decoded = SessionSettings.decode(json.dumps(fields).encode())
+    except MessageError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert_well_formed(decoded)
+        assert str(decoded.address) == fields["address"] and decoded.mtu == fields.get("mtu", DEFAULT_MTU)
 
 
 # -- the pushed timers (rekey_after, keepalive: PROTOCOL.md, sections 5.2 and 13.4) ----------

@@ -1,93 +1,88 @@
-"""The server's per-client queue: bounded in packets and in bytes, drop-newest, never blocking."""
+"""The server's per-client queue (tunlib.PacketQueue): the fair queue made thread-safe, with the
+wake-ups and the "idle" claim that lets the TUN reader send past an empty queue."""
 
 from __future__ import annotations
 
-import sys
 import threading
-from pathlib import Path
 
-from hypothesis import given
-from hypothesis import strategies as st
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from core import TUN_SOURCE
 from tunlib import SEND_QUEUE_BYTES, SEND_QUEUE_PACKETS, PacketQueue
 
-
-def test_the_default_bounds_are_the_documented_ones() -> None:
-    queue = PacketQueue()
-    assert (queue.max_packets, queue.max_bytes) == (SEND_QUEUE_PACKETS, SEND_QUEUE_BYTES) == (256, 2 << 20)
+ALICE = bytes([10, 0, 0, 2])
 
 
-def test_packet_bound_drops_the_newest_and_counts_it() -> None:
+def test_packet_bound_drops_and_counts() -> None:
     queue = PacketQueue(max_packets=3, max_bytes=10_000)
-    assert all(queue.put(bytes([n])) for n in range(3))
-    assert not queue.put(b"late")
+    assert all(queue.put(TUN_SOURCE, bytes([n])) for n in range(3))
+    assert not queue.put(TUN_SOURCE, b"late")
     assert queue.dropped == 1
     assert queue.get_batch() == [b"\x00", b"\x01", b"\x02"]
 
 
-def test_byte_bound_keeps_super_packets_from_piling_up_but_leaves_room_for_small_ones() -> None:
-    queue = PacketQueue(max_packets=100, max_bytes=200_000)
+def test_the_default_byte_bound_keeps_super_packets_from_piling_up() -> None:
+    queue = PacketQueue()
     big = bytes(65_536)
-    assert [queue.put(big) for _ in range(4)] == [True, True, True, False]
-    assert queue.put(b"a small inner ACK")
-    assert queue.dropped == 1
-    assert len(queue.get_batch()) == 4
-    assert queue.put(big)  # space is given back as packets are taken
+    accepted = sum(queue.put(TUN_SOURCE, big) for _ in range(SEND_QUEUE_PACKETS))
+    assert accepted == SEND_QUEUE_BYTES // len(big) == 32
+    assert queue.put(ALICE, b"a small inner ACK from someone else")  # pushes one super-packet out
 
 
-def test_get_batch_respects_its_limit_and_keeps_order() -> None:
+def test_close_wakes_a_sleeping_consumer_with_none() -> None:
     queue = PacketQueue()
-    for n in range(10):
-        queue.put(bytes([n]))
-    assert queue.get_batch(limit=4) == [bytes([n]) for n in range(4)]
-    assert queue.get_batch(limit=100) == [bytes([n]) for n in range(4, 10)]
-
-
-def test_close_wakes_a_sleeping_consumer_with_an_empty_batch() -> None:
-    queue = PacketQueue()
-    result: list[list[bytes]] = []
+    result: list[object] = []
     consumer = threading.Thread(target=lambda: result.append(queue.get_batch()))
     consumer.start()
     queue.close()
     consumer.join(5)
-    assert not consumer.is_alive() and result == [[]]
+    assert not consumer.is_alive() and result == [None]
 
 
 def test_a_put_wakes_a_sleeping_consumer() -> None:
     queue = PacketQueue()
-    result: list[list[bytes]] = []
+    result: list[object] = []
     consumer = threading.Thread(target=lambda: result.append(queue.get_batch()))
     consumer.start()
-    queue.put(b"packet")
+    queue.put(TUN_SOURCE, b"packet")
     consumer.join(5)
     assert result == [[b"packet"]]
 
 
-@given(st.lists(st.binary(max_size=300), max_size=200), st.integers(1, 50), st.integers(1, 5_000))
-def test_what_comes_out_is_what_was_accepted_in_order(packets: list[bytes], max_packets: int, max_bytes: int) -> None:
-    queue = PacketQueue(max_packets=max_packets, max_bytes=max_bytes)
-    accepted, out = [], []
-    for packet in packets:
-        if queue.put(packet):
-            accepted.append(packet)
-        if len(accepted) - len(out) >= max_packets:
-            out += queue.get_batch(limit=7)
-    while len(out) < len(accepted):
-        out += queue.get_batch()
-    assert out == accepted
-    assert queue.dropped == len(packets) - len(accepted)
+def test_want_flush_wakes_the_consumer_with_an_empty_batch() -> None:
+    queue = PacketQueue()
+    queue.want_flush()
+    assert queue.get_batch() == []
 
 
-def test_concurrent_producers_keep_the_byte_count_exact() -> None:
+def test_the_queue_may_be_bypassed_only_when_empty_and_nobody_sends() -> None:
+    queue = PacketQueue()
+    assert queue.claim_idle()
+    assert not queue.claim_idle()  # one claim at a time
+    queue.release()
+    queue.put(TUN_SOURCE, b"waiting")
+    assert not queue.claim_idle()  # a queued packet must not be overtaken
+    assert queue.get_batch() == [b"waiting"]
+    assert not queue.claim_idle()  # the sender holds a batch
+    queue.release()
+    assert queue.claim_idle()
+    queue.release()
+    queue.close()
+    assert not queue.claim_idle()
+
+
+def test_concurrent_producers_lose_nothing_when_there_is_room() -> None:
     queue = PacketQueue(max_packets=10**6, max_bytes=10**9)
-    producers = [threading.Thread(target=lambda: [queue.put(bytes(100)) for _ in range(5_000)]) for _ in range(4)]
+    sources = [bytes([10, 0, 0, n]) for n in range(4)]
+    producers = [
+        threading.Thread(target=lambda s=s: [queue.put(s, s + bytes(96)) for _ in range(5_000)]) for s in sources
+    ]
     for producer in producers:
         producer.start()
     taken = 0
     while taken < 20_000:
-        taken += len(queue.get_batch(limit=1_000))
+        batch = queue.get_batch(limit=1_000)
+        assert batch is not None
+        taken += len(batch)
+        queue.release()
     for producer in producers:
         producer.join()
-    assert queue._bytes == 0 and queue.dropped == 0
+    assert taken == 20_000 and queue.dropped == 0

@@ -23,6 +23,7 @@ import types
 from pathlib import Path
 
 import pytest
+from wiretools import feed
 
 import session
 from config import ClientRecord, Profile
@@ -202,7 +203,7 @@ def test_data_frames():
 def test_data_frames_open_in_order():
     stream = EXAMPLE["frame 3"] + EXAMPLE["frame 4"]
     decoder = FrameDecoder(1024, 4096)
-    decoder.feed(stream)
+    feed(decoder, stream)
     server_receive = ReceiveState(EXAMPLE["k1"])
     opened = [server_receive.open(header, body) for _type, header, body in decoder.frames()]
     assert opened == [b"", EXAMPLE["plaintext 4"]]

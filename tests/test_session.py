@@ -20,6 +20,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from wiretools import feed
 
 import session
 from config import ClientRecord, Profile
@@ -100,7 +101,7 @@ def read_frame(sock: socket.socket, timeout: float = 2.0) -> tuple[int, bytes]:
         data = sock.recv(4096)
         if not data:
             raise EOFError("peer closed")
-        decoder.feed(data)
+        feed(decoder, data)
 
 
 def handshake_both(pair, profile: Profile = PROFILE, registry: Registry | None = None):

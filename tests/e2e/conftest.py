@@ -1,6 +1,6 @@
 """End-to-end tests: the real server.py and client.py, in network namespaces (root only).
 
-Every test runs inside labs from ``tests/netlab.py``: namespaces named ``tlb<pid><n>-*`` joined
+Every test runs inside labs from ``netlab.py``: namespaces named ``tlb<pid><n>-*`` joined
 by veth pairs on TEST-NET addresses, so no packet leaves this machine's lab namespaces. The
 fixtures here tear each lab down even when a test fails, and then check nothing was left.
 
@@ -10,13 +10,10 @@ with virtio-net headers and 64 KB super-packets) and ``plain`` (``--no-offload``
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for netlab
 
 import netlab
 

@@ -38,8 +38,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for netlab
-
 import netlab
 from netlab import Lab, Namespace, Process
 

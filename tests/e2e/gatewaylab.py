@@ -1,4 +1,4 @@
-"""A three-namespace lab for tunlib's internet-gateway mode, built on ``tests/netlab.py``.
+"""A three-namespace lab for tunlib's internet-gateway mode, built on ``netlab.py``.
 
 ::
 
@@ -19,7 +19,7 @@ test tells "came through the tunnel" (the server's address, after its masquerade
 "came directly" (the client's own address).
 
 The client side of each check runs as a short command inside the client namespace
-(``python3 gatewaylab.py fetch|resolve ...``, via ``ip netns exec``), so that it sees the
+(``python3 -m tests.e2e.gatewaylab fetch|resolve ...``, via ``ip netns exec``), so that it sees the
 namespace's own ``/etc/resolv.conf`` as the bind mount ``ip netns exec`` makes, exactly as a
 user's program would. Namespace and interface names start with ``tlg``.
 
@@ -43,12 +43,9 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for netlab
-
 import netlab
 from netlab import NETNS_RUN, Namespace, Peer, Process, TunnelLab
 
-HERE = Path(__file__).resolve()
 JOURNAL_DIR = Path("/var/lib/tunlib")
 """Where client.py and server.py journal their host changes (journal.JOURNAL_DIR)."""
 
@@ -368,7 +365,8 @@ class GatewayLab(TunnelLab):
         return self._helper(peer.ns, "resolve", name, timeout=60)
 
     def _helper(self, ns: Namespace, *args: str, timeout: float) -> dict:
-        result = ns.run(sys.executable, str(HERE), *args, timeout=timeout)
+        # As a module from the repository (the lab's working directory), so it imports netlab.
+        result = ns.run(sys.executable, "-m", "tests.e2e.gatewaylab", *args, timeout=timeout)
         try:
             return json.loads(result.stdout.strip().splitlines()[-1])
         except (IndexError, ValueError):

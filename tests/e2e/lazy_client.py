@@ -1,6 +1,7 @@
 """A hand-driven tunlib client for tests that never rekeys: what the server's reject limits are for.
 
-Run inside a client namespace: ``python lazy_client.py PROFILE ENDPOINT``. It completes the
+Run inside a client namespace, from the repository: ``python -m tests.e2e.lazy_client PROFILE
+ENDPOINT``. It completes the
 handshake with the product's own session code, then sends one echo request to the server's
 tunnel address every 0.2 s (so it is never a silent, dead peer) but never configures its link
 for rekeys, so its keys only age. It prints one JSON line when the session ends: why, after how
@@ -13,14 +14,10 @@ import json
 import sys
 import threading
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from rogue_client import echo_request
 
 from config import Profile
 from session import client_handshake, dial
+from tests.e2e.rogue_client import echo_request
 from tunlib import LinkClosed
 from vnet import PLAIN_VNET_HDR
 

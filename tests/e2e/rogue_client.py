@@ -1,8 +1,8 @@
 """A hand-driven tunlib client for tests: a real handshake, then frames a real client never sends.
 
-Run inside a client namespace: ``python rogue_client.py PROFILE ENDPOINT``. It completes the
-handshake with the product's own session code, so the server sees an authenticated peer, then
-sends, as DATA frames:
+Run inside a client namespace, from the repository: ``python -m tests.e2e.rogue_client PROFILE
+ENDPOINT``. It completes the handshake with the product's own session code, so the server sees an
+authenticated peer, then sends, as DATA frames:
 
 1. in offload mode, an echo request behind a virtio-net header the kernel would reject
    (a GSO type with gso_size 0);
@@ -20,15 +20,13 @@ import ipaddress
 import json
 import struct
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from config import Profile
 from packets import internet_checksum
 from session import client_handshake, dial
+from tests.wiretools import VirtioNetHdr
 from tunlib import LinkClosed
-from vnet import PLAIN_VNET_HDR, VIRTIO_NET_HDR_GSO_TCPV4, VirtioNetHdr
+from vnet import PLAIN_VNET_HDR, VIRTIO_NET_HDR_GSO_TCPV4
 
 ECHO_ID = 0x7E57
 

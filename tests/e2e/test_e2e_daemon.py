@@ -20,15 +20,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import netlab
 import pytest
 from daemonlab import CLOSED_PORT, RELAY_DELAY, RELAY_PORT, SERVER_PORT, DaemonLab
 from gatewaylab import GatewayLab, missing_tools
-from netlab import assert_user_error, wait_until
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for control.py
-
+import netlab
 from control import STATUS_KEYS
+from netlab import assert_user_error, wait_until
 
 SKIP = netlab.have_lab_privileges() or missing_tools()
 pytestmark = pytest.mark.skipif(SKIP is not None, reason=f"daemon e2e: {SKIP}")

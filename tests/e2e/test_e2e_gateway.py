@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import netlab
 import pytest
 from gatewaylab import (
     BULK_PATH,
@@ -36,6 +35,8 @@ from gatewaylab import (
     packets_except,
     tunlib_journals,
 )
+
+import netlab
 from netlab import Capture, Peer, Process
 
 SKIP = netlab.have_lab_privileges() or missing_tools()

@@ -13,11 +13,11 @@ import re
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import netlab
 
-ROGUE = Path(__file__).resolve().parent / "rogue_client.py"
+ROGUE = "tests.e2e.rogue_client"
+"""Run with ``python -m`` from the repository (the lab's working directory), so it imports tunlib's modules."""
 
 
 def counter(log: str, name: str, client: str) -> int:
@@ -36,7 +36,7 @@ def test_bad_headers_and_spoofed_sources_are_dropped_and_counted_while_the_sessi
     alice = lab.add_client("alice")
     lab.start_client(alice)
 
-    result = mallory.ns.run(sys.executable, ROGUE, mallory.profile, mallory.endpoint, timeout=30, check=True)
+    result = mallory.ns.run(sys.executable, "-m", ROGUE, mallory.profile, mallory.endpoint, timeout=30, check=True)
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
 
     assert outcome["offload"] == (mode == ()), outcome

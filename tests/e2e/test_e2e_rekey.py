@@ -24,11 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from netlab import SERVER_PORT, Namespace, Process, TunnelLab, tcp_stream, wait_until
 
 STREAM_BYTES = 200 * 1024 * 1024
 FAULTS = Path(__file__).resolve().parent / "faults"
-LAZY = Path(__file__).resolve().parent / "lazy_client.py"
+LAZY = "tests.e2e.lazy_client"
+"""Run with ``python -m`` from the repository (the lab's working directory), so it imports tunlib's modules."""
 MARKER = "7e57fa017e57fa017e57fa017e57fa01"
 """The ping pattern that faults/sitecustomize.py turns into an exception in os.write."""
 
@@ -161,7 +163,7 @@ def test_the_server_cuts_a_client_that_does_not_rekey(make_lab: Callable[..., Tu
     lab = make_lab()
     server = lab.start_server("--rekey-after", "0.5")
     lazy = lab.add_client("lazy")
-    result = lazy.ns.run(sys.executable, LAZY, lazy.profile, lazy.endpoint, timeout=90, check=True)
+    result = lazy.ns.run(sys.executable, "-m", LAZY, lazy.profile, lazy.endpoint, timeout=90, check=True)
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["ended"] == "peer closed the connection", outcome
     assert 5.5 <= outcome["seconds"] < 5.5 + 3, outcome

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
+
 from netlab import SERVER_PORT, TunnelLab, send_and_read, wait_until
 
 HANDSHAKE_TIMEOUT = 5.0

@@ -30,13 +30,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import netlab
-from netlab import Namespace, Peer, TunnelLab
-
 from carrier import client_context
 from config import Profile
 from framing import FrameType, encode_frame
 from handshake import Initiator
 from messages import ClientHello, tai64n
+from netlab import Namespace, Peer, TunnelLab
 from session import PROLOGUE
 
 SERVER_NAME = "vpn.example.test"

@@ -10,6 +10,7 @@ import os
 import secrets
 
 import pytest
+
 from netlab import Capture, StreamResult, TunnelLab, tcp_stream
 
 STREAM_BYTES = 20 * 1024 * 1024

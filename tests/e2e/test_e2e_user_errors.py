@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from netlab import SERVER_PORT, TunnelLab, assert_user_error
 
 

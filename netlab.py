@@ -57,7 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(os.environ.get("TUNLIB_REPO") or Path(__file__).resolve().parents[1])
+REPO = Path(os.environ.get("TUNLIB_REPO") or Path(__file__).resolve().parent)
 """The checkout whose ``server.py`` and ``client.py`` the lab runs (with ``sys.executable``):
 this one, or the one named by ``$TUNLIB_REPO`` (e.g. to test or benchmark another revision)."""
 NETNS_RUN = Path("/run/netns")
@@ -578,7 +578,7 @@ class StreamResult:
 
 
 def tcp_stream(
-    sender: Namespace, receiver: Namespace, address: str, data: bytes, port: int = 5201, timeout: float = 120.0
+    sender: Namespace, receiver: Namespace, address: str, data: bytes, *, port: int = 5201, timeout: float = 120.0
 ) -> StreamResult:
     """Send ``data`` over one TCP connection from ``sender`` to ``address:port`` in ``receiver``.
 
