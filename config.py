@@ -100,11 +100,37 @@ def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
         host, port_text = text.split(":")
     if not host:
         raise UserError(f"bad address {text!r}: expected HOST:PORT")
+    _check_host(host, text)
     if not port_text and not text.endswith(":"):
         return host, default_port
     if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or not 0 < int(port_text) < 65536:
         raise UserError(f"bad port in {text!r}: expected 1-65535")
     return host, int(port_text)
+
+
+MAX_HOSTNAME_LEN = 253
+MAX_LABEL_LEN = 63
+"""DNS limits (RFC 1035, section 2.3.4): a name of at most 253 characters, labels of 1-63."""
+
+
+def _check_host(host: str, text: str) -> None:
+    """Refuse a host name the resolver would choke on (with a UnicodeError traceback, not an
+    error message): an empty or over-long label, an over-long name, or one IDNA cannot encode."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    if len(name) > MAX_HOSTNAME_LEN:
+        raise UserError(f"bad host in {text!r}: longer than {MAX_HOSTNAME_LEN} characters")
+    for label in name.split("."):
+        if not 0 < len(label) <= MAX_LABEL_LEN:
+            raise UserError(f"bad host in {text!r}: each dot-separated label must have 1-{MAX_LABEL_LEN} characters")
+    try:
+        name.encode("idna")
+    except UnicodeError:
+        raise UserError(f"bad host in {text!r}: not a valid host name") from None
 
 
 def resolve_endpoint(endpoint: str) -> tuple[str, int]:
@@ -114,6 +140,8 @@ def resolve_endpoint(endpoint: str) -> tuple[str, int]:
         infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
+    except UnicodeError:
+        raise UserError(f"cannot resolve server {host}: not a valid host name") from None
     return infos[0][4][0], port
 
 
@@ -136,16 +164,71 @@ def write_private_file(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _read_json(path: Path) -> dict:
+MAX_STATE_FILE_SIZE = 64 * 1024
+"""Settings, keys, client records and profiles are a few hundred bytes; anything far larger is
+not ours, and is refused before it is read."""
+
+
+def read_small_file(path: str | os.PathLike[str], what: str, limit: int = MAX_STATE_FILE_SIZE) -> tuple[str, int]:
+    """Read a small regular text file without ever blocking on it; return (text, st_mode).
+
+    Opened with O_NONBLOCK and checked with fstat before any read, so a FIFO, a device or a
+    huge file named where a state file or profile belongs is one clear error instead of a hang
+    (a FIFO's open() and read() wait for a writer) or a memory blow-up.
+    """
     try:
-        value = json.loads(path.read_text())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise UserError(f"cannot read {what} {path}: {kind}")
+        if st.st_size > limit:
+            raise UserError(f"cannot read {what} {path}: {st.st_size} bytes, more than the {limit} allowed")
+        data = os.read(fd, limit + 1)
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8"), st.st_mode
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text") from None
+
+
+def readable_by_others(mode: int) -> bool:
+    """True if group or other may read (or write) a file: wrong for anything holding a secret."""
+    return bool(mode & (stat.S_IRWXG | stat.S_IRWXO))
+
+
+def _parse_json(text: str, path: Path) -> dict:
+    try:
+        value = json.loads(text)
     except ValueError as exc:
         raise UserError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise UserError(f"{path} must hold a JSON object")
     return value
+
+
+def _read_json(path: Path) -> dict:
+    return _parse_json(read_small_file(path, "file")[0], path)
+
+
+def parse_client_record(name: str, text: str, path: Path) -> ClientRecord:
+    """A client record (``clients/NAME.json``) from its text; UserError naming ``path`` if bad."""
+    raw = _parse_json(text, path)
+    try:
+        return ClientRecord(
+            name=name,
+            public_key=decode_key(str(raw["public_key"]), f"{path}: public_key"),
+            psk=decode_key(str(raw["psk"]), f"{path}: psk"),
+            address=ipaddress.IPv4Address(raw["address"]),
+        )
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"{path}: bad client record ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -282,12 +365,24 @@ class ServerState:
             )
 
     def private_key(self) -> bytes:
+        return self._read_private_key()[0]
+
+    def _read_private_key(self) -> tuple[bytes, int]:
         self._require_init()
-        try:
-            text = self.key_path.read_text()
-        except OSError as exc:
-            raise UserError(f"cannot read {self.key_path}: {exc.strerror}") from None
-        return decode_key(text, str(self.key_path))
+        text, mode = read_small_file(self.key_path, "server key")
+        return decode_key(text, str(self.key_path)), mode
+
+    def private_key_for_run(self) -> bytes:
+        """The private key, warning (as ``wg`` does) if others can read the file it is in."""
+        key, mode = self._read_private_key()
+        if readable_by_others(mode):
+            log.warning(
+                "%s is accessible to group/other (mode %04o): anyone who can read it can impersonate "
+                "this server; chmod 600 it",
+                self.key_path,
+                stat.S_IMODE(mode),
+            )
+        return key
 
     def public_key(self) -> bytes:
         return public_key(self.private_key())
@@ -316,31 +411,8 @@ class ServerState:
             return []
         return [self._load_client(p) for p in sorted(self.clients_dir.glob("*.json"))]
 
-    def readable_clients(self) -> list[ClientRecord]:
-        """Every client whose record can be read, logging the others.
-
-        The running server uses this: one damaged file must cost that one client its access,
-        not lock every client out.
-        """
-        records = []
-        for path in sorted(self.clients_dir.glob("*.json")):
-            try:
-                records.append(self._load_client(path))
-            except UserError as exc:
-                log.error("skipping client record: %s", exc)
-        return records
-
     def _load_client(self, path: Path) -> ClientRecord:
-        raw = _read_json(path)
-        try:
-            return ClientRecord(
-                name=path.stem,
-                public_key=decode_key(str(raw["public_key"]), f"{path}: public_key"),
-                psk=decode_key(str(raw["psk"]), f"{path}: psk"),
-                address=ipaddress.IPv4Address(raw["address"]),
-            )
-        except (KeyError, ValueError) as exc:
-            raise UserError(f"{path}: bad client record ({exc})") from None
+        return parse_client_record(path.stem, read_small_file(path, "client record")[0], path)
 
     def remove_client(self, name: str) -> None:
         self.settings()
@@ -546,15 +618,8 @@ class Profile:
 
     @classmethod
     def load(cls, path: str) -> Profile:
-        try:
-            mode = os.stat(path).st_mode
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise UserError(f"cannot read profile {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise UserError(f"profile {path} is not UTF-8 text") from None
+        text, mode = read_small_file(path, "profile")
         profile = cls.parse(text, path)
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        if readable_by_others(mode):
             log.warning("profile %s is readable by others; chmod 600 it", path)
         return profile

@@ -16,9 +16,12 @@ This module does no I/O: the data path hands it bytes it received and takes back
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 import struct
 from collections.abc import Iterator
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 HEADER = struct.Struct("!IB")
 """length (body only), type."""
@@ -38,6 +41,14 @@ so a peer cannot make us buffer gigabytes."""
 MAX_HANDSHAKE_BODY = 1024
 """Handshake messages are a few hundred bytes; anything larger before the session exists
 is rejected, because an unauthenticated peer must not make the server allocate much."""
+
+
+MAC1_LEN = 16
+"""Bytes of the mac1 that ends every HANDSHAKE_INIT body (PROTOCOL.md, section 4.4)."""
+MAC1_LABEL = b"mac1----"
+"""Mixed into the mac1 key, as WireGuard does, so the key is used for nothing else."""
+NOISE_INIT_MIN = 96
+"""The shortest Noise message 1 (handshake.INIT_OVERHEAD: e, encrypted s, payload tag)."""
 
 
 class FrameType(IntEnum):
@@ -143,3 +154,72 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames (a partial frame)."""
         return self._end - self._start
+
+
+# -- mac1: the cheap check in front of the handshake ----------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def mac1_key(server_public: bytes) -> bytes:
+    """BLAKE2s-256("mac1----" || server static public key): the key of every mac1 to this server.
+
+    Cached: a server computes it once, so checking a mac1 costs exactly one hash.
+    """
+    return hashlib.blake2s(MAC1_LABEL + server_public).digest()
+
+
+def compute_mac1(server_public: bytes, header: bytes, noise_message: bytes) -> bytes:
+    """BLAKE2s-128 keyed with :func:`mac1_key` over the 5-byte frame header and Noise message 1.
+
+    The header is the one on the wire, whose length already counts the mac1 itself.
+    """
+    mac = hashlib.blake2s(header, digest_size=MAC1_LEN, key=mac1_key(server_public))
+    mac.update(noise_message)
+    return mac.digest()
+
+
+def encode_init_frame(server_public: bytes, noise_message: bytes) -> bytes:
+    """The complete HANDSHAKE_INIT frame: header, Noise message 1, mac1."""
+    header = encode_header(FrameType.HANDSHAKE_INIT, len(noise_message) + MAC1_LEN)
+    return header + noise_message + compute_mac1(server_public, header, noise_message)
+
+
+def mac1_valid(server_public: bytes, header: bytes | memoryview, body: bytes | memoryview) -> bool:
+    """True if ``body`` (Noise message 1 || mac1) under ``header`` carries a valid mac1 for this server.
+
+    Costs one BLAKE2s over ~150 bytes and no Diffie-Hellman: what a scanner, a web browser or a
+    client of another server sends is told apart from a tunlib client of this server this cheaply.
+    Compared in constant time.
+    """
+    if len(body) < NOISE_INIT_MIN + MAC1_LEN:
+        return False
+    noise_message, mac = bytes(body[:-MAC1_LEN]), bytes(body[-MAC1_LEN:])
+    return hmac.compare_digest(compute_mac1(server_public, bytes(header), noise_message), mac)
+
+
+class FirstFrame(Enum):
+    """What the first bytes of a new connection are (see :func:`classify_first_frame`)."""
+
+    INCOMPLETE = "incomplete"
+    """Too few bytes to tell yet: read more (within the deadline)."""
+    TUNLIB = "tunlib"
+    """A complete HANDSHAKE_INIT whose mac1 is valid for this server."""
+    FOREIGN = "foreign"
+    """Anything else: another protocol, garbage, or a message 1 meant for another server."""
+
+
+def classify_first_frame(server_public: bytes, data: bytes | memoryview) -> FirstFrame:
+    """Decide from the first bytes received on a connection whether a tunlib client of this server
+    is talking. The hook both the handshake and a port shared with other protocols (TLS fallback)
+    use: FOREIGN is known from the header alone for almost anything not tunlib (an HTTP request
+    or a TLS record announces a length of hundreds of megabytes), else after one hash.
+    """
+    if len(data) < HEADER_LEN:
+        return FirstFrame.INCOMPLETE
+    length, frame_type = HEADER.unpack_from(data)
+    if frame_type != FrameType.HANDSHAKE_INIT or not NOISE_INIT_MIN + MAC1_LEN <= length <= MAX_HANDSHAKE_BODY:
+        return FirstFrame.FOREIGN
+    if len(data) < HEADER_LEN + length:
+        return FirstFrame.INCOMPLETE
+    body = data[HEADER_LEN : HEADER_LEN + length]
+    return FirstFrame.TUNLIB if mac1_valid(server_public, data[:HEADER_LEN], body) else FirstFrame.FOREIGN

@@ -17,8 +17,11 @@ Without ``--fallback`` the answer is what a minimal web server gives: a 404 page
 something that is not even TLS). Never a REJECT: in TLS mode a stranger learns nothing.
 
 :class:`TlsFront` is the decision as a sans-I/O state machine (bytes in, bytes out, an
-outcome), so a thread (:func:`drive_front`) or a selector loop can run it. :class:`Fallback`
-does the relaying, bounded in count and time so strangers cannot exhaust the server.
+outcome). :class:`TlsHandshake` puts it in front of :class:`session.ServerHandshake` with the
+same bytes-in, actions-out interface, so the server's one selector loop (gatekeeper.py) runs TLS
+connections like any other: only a web visitor, handed over as a :class:`Visit`, gets a thread.
+:class:`Fallback` does the relaying, bounded in count and time so strangers cannot exhaust the
+server.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 
 from carrier import TlsCarrier, TlsEndpoint, TlsError
-from framing import HEADER, HEADER_LEN, MAX_HANDSHAKE_BODY, FrameType
+from framing import FirstFrame, FrameType
+from session import FIRST_BYTE_TIMEOUT, HANDSHAKE_TIMEOUT, Established, Refuse, Send, ServerHandshake
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +57,6 @@ FALLBACK_IDLE_TIMEOUT = 30.0
 FALLBACK_MAX_LIFETIME = 300.0
 """No relay lasts longer, however active: a large download from the website is cut here."""
 RELAY_BUFFER = 64 * 1024
-NOISE_INIT_MIN = 96
-"""The shortest Noise message 1 (ephemeral key 32, encrypted static key 32 + 16, payload tag 16)."""
 
 NOT_FOUND = (
     b"HTTP/1.1 404 Not Found\r\n"
@@ -75,26 +78,6 @@ BAD_REQUEST = (
     b"<center><h1>400 Bad Request</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 )
 """What it answers to bytes that are not TLS at all."""
-
-
-class FirstFrame(Enum):
-    """What the first application bytes are."""
-
-    INCOMPLETE = "incomplete"
-    TUNLIB = "tunlib"
-    FOREIGN = "foreign"
-
-
-def classify_first_frame(data: bytes | memoryview) -> FirstFrame:
-    """Whether ``data`` starts with something shaped like a tunlib message 1: a HANDSHAKE_INIT
-    frame of a plausible length, complete. Anything else (an HTTP request announces a length of
-    a gigabyte) is FOREIGN from its first five bytes."""
-    if len(data) < HEADER_LEN:
-        return FirstFrame.INCOMPLETE
-    length, frame_type = HEADER.unpack_from(data)
-    if frame_type != FrameType.HANDSHAKE_INIT or not NOISE_INIT_MIN <= length <= MAX_HANDSHAKE_BODY:
-        return FirstFrame.FOREIGN
-    return FirstFrame.INCOMPLETE if len(data) < HEADER_LEN + length else FirstFrame.TUNLIB
 
 
 class Outcome(Enum):
@@ -187,32 +170,111 @@ class TlsFront:
         return self.endpoint.outgoing.read() if self.endpoint is not None else b""
 
 
-def drive_front(sock: socket.socket, front: TlsFront, deadline: float) -> None:
-    """Run ``front`` on a blocking socket until it decides (for a thread per connection)."""
-    buf = bytearray(FRONT_READ)
-    view = memoryview(buf)
-    while front.outcome is Outcome.PENDING:
+@dataclass(frozen=True, eq=False)
+class Visit:
+    """Action: a web visitor. Hand the connection to the website, these bytes first."""
+
+    received: bytes
+    endpoint: TlsEndpoint | None
+    """The TLS state to continue with; None for a peer that does not speak TLS at all."""
+    reason: str = "web-visitor"
+    """What the server counts it under: a refused message 1 keeps its refusal's name."""
+
+    def connection(self, sock: socket.socket) -> TlsCarrier | socket.socket:
+        return sock if self.endpoint is None else TlsCarrier(sock, self.endpoint)
+
+
+class TlsHandshake:
+    """A connection on a TLS port for the selector loop: :class:`TlsFront`, then, if a tunlib client
+    is talking, ``machine`` (a :class:`session.ServerHandshake`) run on the decrypted bytes.
+
+    The interface is ServerHandshake's (``receive``, ``peer_closed``, ``expire``, ``deadline``,
+    ``connection``), plus one action, :class:`Visit`. Two rules of TLS mode live here: a REJECT
+    the machine would send is dropped, and a refusal before message 2 (unknown key, stale
+    timestamp, no valid mac1...) becomes a Visit, so a stranger sees only the website.
+    """
+
+    def __init__(self, front: TlsFront, machine: ServerHandshake, now: float) -> None:
+        self.front = front
+        self.machine = machine
+        self.started = now
+        self._got_bytes = False
+        self._responded = False
+
+    @property
+    def deadline(self) -> float:
+        if self.front.outcome is Outcome.TUNLIB:
+            return self.machine.deadline
+        return self.started + (HANDSHAKE_TIMEOUT if self._got_bytes else FIRST_BYTE_TIMEOUT)
+
+    def expire(self, now: float) -> Refuse | Visit | None:
+        if self.front.outcome is Outcome.TUNLIB:
+            return self.machine.expire(now)
+        if self.front.outcome is not Outcome.PENDING or now < self.deadline:
+            return None
+        self.front.timed_out()  # a silent TLS client is a (slow) web visitor
+        if self.front.outcome is Outcome.WEB_TLS:
+            return Visit(self.front.received, self.front.endpoint)
+        return Refuse("timeout", self.front.why)
+
+    def peer_closed(self) -> Refuse | Visit:
+        if self.front.outcome is Outcome.TUNLIB:
+            return self._inside([self.machine.peer_closed()])[0]  # type: ignore[return-value]
+        self.front.end_of_stream()
+        if self.front.outcome is Outcome.WEB_TLS:
+            return Visit(self.front.received, self.front.endpoint)
+        return Refuse("closed", "the peer closed the connection during the TLS handshake")
+
+    def receive(self, data: bytes) -> list[Send | Refuse | Established | Visit]:
+        front = self.front
+        if front.outcome is Outcome.TUNLIB:
+            assert front.endpoint is not None
+            front.endpoint.incoming.write(data)
+            try:
+                plain = front.endpoint.read_available(MAX_FIRST_BYTES)
+            except TlsError as exc:
+                return [Refuse("tls", str(exc))]
+            except EOFError:
+                return self._inside([self.machine.peer_closed()])
+            return self._inside(self.machine.receive(plain)) if plain else []
+        if front.outcome is not Outcome.PENDING:
+            return []
+        self._got_bytes = True
+        front.receive(data)
+        actions: list[Send | Refuse | Established | Visit] = []
         out = front.outgoing()
         if out:
-            sock.sendall(out)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            front.timed_out()
-            break
-        sock.settimeout(remaining)
-        try:
-            count = sock.recv_into(buf)
-        except TimeoutError:
-            front.timed_out()
-            break
-        if count:
-            front.receive(view[:count])
-        else:
-            front.end_of_stream()
-    out = front.outgoing()
-    if out:
-        with contextlib.suppress(OSError):
-            sock.sendall(out)
+            actions.append(Send(out))
+        if front.outcome is Outcome.TUNLIB:
+            actions += self._inside(self.machine.receive(front.received))
+        elif front.outcome in (Outcome.WEB_TLS, Outcome.WEB_CLEAR):
+            actions.append(Visit(front.received, front.endpoint))
+        elif front.outcome is Outcome.CLOSE:
+            actions.append(Refuse("tls", front.why))
+        return actions
+
+    def _inside(self, actions: list) -> list[Send | Refuse | Established | Visit]:
+        """The machine's actions, in TLS: Sends encrypted, REJECTs dropped, early refusals a Visit."""
+        endpoint = self.front.endpoint
+        assert endpoint is not None
+        translated: list[Send | Refuse | Established | Visit] = []
+        for action in actions:
+            if isinstance(action, Send):
+                if action.data[4:5] == bytes([FrameType.REJECT]):
+                    continue  # no REJECT in TLS mode: the Refuse that follows becomes a Visit
+                self._responded = self._responded or action.data[4:5] == bytes([FrameType.HANDSHAKE_RESPONSE])
+                endpoint.ssl.write(action.data)
+                translated.append(Send(endpoint.outgoing.read()))
+            elif isinstance(action, Refuse) and not self._responded and action.reason not in ("timeout", "closed"):
+                translated.append(Visit(self.front.received, endpoint, f"{action.reason}-to-website"))
+            else:
+                translated.append(action)
+        return translated
+
+    def connection(self, sock: socket.socket) -> TlsCarrier:
+        """The established client's connection: the carrier over ``sock``, TLS state and all."""
+        assert self.front.endpoint is not None
+        return TlsCarrier(sock, self.front.endpoint)
 
 
 class Fallback:
@@ -222,21 +284,36 @@ class Fallback:
         self.address = address
         self.slots = threading.BoundedSemaphore(MAX_FALLBACK_RELAYS)
 
-    def serve(self, conn: TlsCarrier | socket.socket, received: bytes, encrypted: bool, where: str) -> None:
+    def admit(self, conn: TlsCarrier | socket.socket, received: bytes, where: str) -> bool:
+        """Serve one visitor in a thread of its own, if one of MAX_FALLBACK_RELAYS is free; else
+        close the connection. Returns whether it was admitted."""
+        if not self.slots.acquire(blocking=False):
+            conn.close()
+            return False
+        thread = threading.Thread(target=self._serve, args=(conn, received, where), name="web-visitor", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: the visitor goes, the server stays
+            self.slots.release()
+            conn.close()
+            return False
+        return True
+
+    def _serve(self, conn: TlsCarrier | socket.socket, received: bytes, where: str) -> None:
+        try:
+            self.serve(conn, received, where)
+        finally:
+            self.slots.release()
+
+    def serve(self, conn: TlsCarrier | socket.socket, received: bytes, where: str) -> None:
         """Answer or relay one visitor, then close ``conn``. Never raises."""
         try:
             if self.address is None:
                 if received:
                     conn.settimeout(FALLBACK_CONNECT_TIMEOUT)
-                    conn.sendall(NOT_FOUND if encrypted else BAD_REQUEST)
+                    conn.sendall(NOT_FOUND if isinstance(conn, TlsCarrier) else BAD_REQUEST)
                 return
-            if not self.slots.acquire(blocking=False):
-                log.warning("too many web visitors at once; closing the connection from %s", where)
-                return
-            try:
-                self._relay_to_web(conn, received, where)
-            finally:
-                self.slots.release()
+            self._relay_to_web(conn, received, where)
         except OSError as exc:
             log.debug("web visitor %s: %s", where, exc)
         finally:

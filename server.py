@@ -13,21 +13,22 @@
     server.py status --state-dir DIR [--json]    # what the running server sees, like 'wg show'
     server.py cleanup           # undo NAT rules and sysctls left by a crashed run
 
-Threads while running: one accepts connections; one reads the TUN and routes each packet to
-its client's queue; one watches the client registry; and per connection, one that runs the
-handshake and then receives (socket -> TUN, and the session's timers), plus one sender
-(queue -> socket) per client. Every thread is supervised: whatever ends a client's thread ends
-that client's session (logged once, with the reason) and nobody else's; a failed server-wide
-thread stops the server (exit status 1) instead of leaving it half alive.
-In TLS mode the connection's thread first runs the TLS handshake and the port-share decision
-(portshare.py); a web visitor's relay to the ``--fallback`` website runs in that thread too.
+Threads while running: the gatekeeper accepts connections and runs every handshake in one
+selector loop (gatekeeper.py); one reads the TUN and routes each packet to its client's queue;
+one watches the client registry; and per authenticated client, a receiver (socket -> TUN, and
+the session's timers) and a sender (queue -> socket). A stranger on the port never gets a
+thread. Every thread is supervised: whatever ends a client's thread ends that client's session
+(logged once, with the reason) and nobody else's; a failed server-wide thread stops the server
+(exit status 1) instead of leaving it half alive.
+In TLS mode the loop also runs the TLS handshakes (portshare.py); only a web visitor relayed to
+the ``--fallback`` website gets a thread (at most 32 at once).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
+import functools
 import ipaddress
 import json
 import logging
@@ -36,7 +37,6 @@ import ssl
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +45,8 @@ import interpreter
 if __name__ == "__main__":
     interpreter.use_project_venv()  # first: re-runs us under .venv if this Python lacks the requirements
 
-from carrier import TlsCarrier, server_context
+from admission import LIMIT_REFUSALS
+from carrier import server_context
 from config import (
     ClientRecord,
     ServerSettings,
@@ -58,23 +59,18 @@ from config import (
 from control import ControlError, Request, drop_counters, iso_time, request
 from controlsock import ControlSocket, Handler, Peer, Reply, call
 from errors import UserError
+from framing import classify_first_frame
+from gatekeeper import Gatekeeper
 from journal import Journal, journal_path
 from messages import ClientHello, SessionSettings
 from nat import enable_nat
 from netsetup import configure_interface
-from portshare import Fallback, Outcome, TlsFront, classify_first_frame, drive_front
+from portshare import Fallback, TlsFront, TlsHandshake, Visit
+from registry import ClientRegistry
 from rekey import KEEPALIVE, REKEY_AFTER_TIME, Policy, ResponderRole
 from runtime import TIMER_OPTIONS, StopSignal, add_cleanup_command, add_timer_options, require_net_admin, run_main
 from sdnotify import sd_notify
-from session import (
-    HANDSHAKE_TIMEOUT,
-    PROLOGUE,
-    Admission,
-    HandshakeFailed,
-    ReplayGuard,
-    server_handshake,
-    tune_carrier,
-)
+from session import PROLOGUE, Admission, Established, ReplayGuard, ServerHandshake, server_link
 from tundev import TunDevice, open_tun
 from tunlib import (
     ClientSession,
@@ -88,14 +84,13 @@ from tunlib import (
 
 log = logging.getLogger("server")
 
-MAX_PENDING_HANDSHAKES = 64
-"""Connections still in their handshake at once. Past this, new ones are closed at once, so
-a flood of idle connections cannot exhaust threads; established sessions are unaffected."""
 SHUTDOWN_JOIN_TIMEOUT = 1.0
 """All threads together get this long to finish at shutdown (the promise is 2 s in all)."""
-ACCEPT_RETRY_DELAY = 0.1
 REGISTRY_POLL_INTERVAL = 2.0
-REFUSAL_REASONS = ("handshake_failed", "too_many_handshakes")
+"""How often the watcher looks for registry changes and closes the sessions of removed clients."""
+LISTEN_BACKLOG = 4096
+"""Connections the kernel completes before we accept them (capped by net.core.somaxconn). Deep,
+so that a burst of strangers does not make the kernel drop a real client's SYN (a 1 s retry)."""
 CONTROL_SOCKET = "control.sock"
 """The running server's status socket, inside the (root-only, 0700) state directory."""
 MAX_DNS_SERVERS = 3
@@ -109,14 +104,13 @@ class TlsPort:
         self.context = context
         self.fallback = fallback
 
+    def front(self, static_public: bytes, machine: ServerHandshake, now: float) -> TlsHandshake:
+        """A new connection's handshake behind TLS; tunlib clients are told apart by mac1."""
+        classify = functools.partial(classify_first_frame, static_public)
+        return TlsHandshake(TlsFront(self.context, classify), machine, now)
 
-class WebVisitor:
-    """A connection the port-share front (or a refused handshake) gave to the website."""
-
-    def __init__(self, conn: TlsCarrier | socket.socket, received: bytes, encrypted: bool) -> None:
-        self.conn = conn
-        self.received = received
-        self.encrypted = encrypted
+    def visitor(self, conn: object, visit: Visit, where: str) -> None:
+        self.fallback.admit(conn, visit.received, where)  # type: ignore[arg-type]
 
 
 class Server:
@@ -126,6 +120,7 @@ class Server:
         self,
         *,
         state: ServerState,
+        private_key: bytes,
         settings: ServerSettings,
         listener: socket.socket,
         tun: TunDevice,
@@ -154,24 +149,29 @@ class Server:
         self.stopping = stop if stop is not None else StopSignal(handle_signals=False)
         """The one stop flag: raised by a signal, a failed server-wide thread or :meth:`stop`; the
         TUN reader polls it, every other thread checks or waits on it."""
-        self.pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+        self.registry = ClientRegistry(state.clients_dir)
+        self.registry.refresh()
         replay = ReplayGuard()
-        self.admission = Admission(state.private_key(), self.lookup, replay.is_new, replay.confirm, self.settings_for)
+        self.admission = Admission(private_key, self.registry.lookup, replay.is_new, replay.confirm, self.settings_for)
+        if tls is None:
+            self.gatekeeper = Gatekeeper(listener, self.admission, self.start_session, self.stopping)
+        else:
+            self.gatekeeper = Gatekeeper(
+                listener,
+                self.admission,
+                self.start_session,
+                self.stopping,
+                tls=functools.partial(tls.front, self.admission.static_public),
+                on_visitor=tls.visitor,
+            )
         self.threads: list[threading.Thread] = []
         self.connections: set[threading.Thread] = set()
-        """One thread per connection: its handshake, then its receiver."""
+        """One receiver thread per authenticated connection."""
         self.connections_lock = threading.Lock()
-        self.refused: Counter[str] = Counter()
-        """Connections turned away, by reason: what ``server.py status`` shows of attacks."""
         self.origins: dict[ClientSession, tuple[str, float]] = {}
         """Each live session's remote endpoint and the time it was attached (for ``status``)."""
 
     # -- admission policy ---------------------------------------------------
-    def lookup(self, public_key: bytes) -> ClientRecord | None:
-        """Find a registered client by key, reading the state directory afresh each time,
-        so ``add-client`` and ``remove-client`` take effect without a restart."""
-        return next((c for c in self.state.readable_clients() if c.public_key == public_key), None)
-
     def settings_for(self, record: ClientRecord, _hello: ClientHello) -> SessionSettings:
         return SessionSettings(
             address=self._client_interface(record),
@@ -189,7 +189,7 @@ class Server:
     # -- threads ------------------------------------------------------------
     def start(self) -> None:
         self._spawn("tun-reader", self.router.pump_tun, self.stopping)
-        self._spawn("acceptor", self.accept_loop)
+        self._spawn("gatekeeper", self.gatekeeper.run)
         self._spawn("registry-watch", self.watch_registry)
 
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> threading.Thread:
@@ -212,89 +212,37 @@ class Server:
         return thread
 
     def watch_registry(self) -> None:
-        """Close the sessions of clients removed from the registry while connected.
+        """Reload the registry when it changes; close the sessions of clients removed from it.
 
-        Handshakes read the registry anyway; this makes ``remove-client`` cut an established
-        session too (within REGISTRY_POLL_INTERVAL), as removing a WireGuard peer does.
+        Handshakes see the reloaded registry at once; closing makes ``remove-client`` cut an
+        established session too (within REGISTRY_POLL_INTERVAL), as removing a WireGuard peer does.
         """
         while not self.stopping.wait(REGISTRY_POLL_INTERVAL):
-            registered = {(c.public_key, c.address.packed) for c in self.state.readable_clients()}
+            self.registry.poll(time.monotonic())  # a lookup may have rescanned already: compare regardless
+            registered = {(c.public_key, c.address.packed) for c in self.registry.records()}
             for session in list(self.router.sessions.values()):
                 if (session.public_key, session.address) not in registered:
                     log.info("client %s is no longer registered; closing its session", session.name)
                     session.close()
 
-    def accept_loop(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                sock, peer = self.listener.accept()
-            except OSError as exc:
-                if self.stopping.is_set():
-                    return
-                log.warning("accept failed: %s", exc.strerror or exc)
-                self.stopping.wait(ACCEPT_RETRY_DELAY)  # e.g. out of file descriptors: don't spin
-                continue
-            if not self.pending.acquire(blocking=False):
-                log.warning("too many handshakes in progress; dropping connection from %s", peer[0])
-                self.refused["too_many_handshakes"] += 1
-                sock.close()
-                continue
-            thread = threading.Thread(
-                target=self.serve_connection, args=(sock, peer), name=f"conn-{peer[0]}", daemon=True
-            )
-            with self.connections_lock:
-                self.connections.add(thread)
-            thread.start()
+    def start_session(self, sock: socket.socket, established: Established, where: str) -> None:
+        """Called by the gatekeeper for an authenticated client: its session gets its threads."""
+        thread = threading.Thread(
+            target=self._serve_session,
+            args=(established.record, established.settings, server_link(sock, established), where),
+            name=f"conn-{established.record.name}",
+            daemon=True,
+        )
+        with self.connections_lock:
+            self.connections.add(thread)
+        thread.start()
 
-    def serve_connection(self, sock: socket.socket, peer: tuple) -> None:
-        """Handshake, then run this client's session until it ends. Never raises."""
-        where = f"{peer[0]}:{peer[1]}"
+    def _serve_session(self, record: ClientRecord, settings: SessionSettings, link: PeerLink, where: str) -> None:
         try:
-            try:
-                tune_carrier(sock)
-                admitted = self.admit(sock) if self.tls is not None else server_handshake(sock, self.admission)
-            except (HandshakeFailed, OSError) as exc:
-                log.info("refused connection from %s: %s", where, exc)
-                self.refused["handshake_failed"] += 1
-                sock.close()
-                return
-            finally:
-                self.pending.release()
-            if isinstance(admitted, WebVisitor):
-                assert self.tls is not None
-                self.refused["handshake_failed"] += 1  # not a tunlib client: the website's visitor
-                self.tls.fallback.serve(admitted.conn, admitted.received, admitted.encrypted, where)
-                return
-            self.run_session(*admitted, where)
+            self.run_session(record, settings, link, where)
         finally:
             with self.connections_lock:
                 self.connections.discard(threading.current_thread())
-
-    def admit(self, sock: socket.socket) -> tuple[ClientRecord, SessionSettings, PeerLink] | WebVisitor:
-        """TLS mode: TLS handshake, then the tunlib handshake inside it, or a web visitor.
-
-        A message 1 that fails the handshake's checks gets no REJECT: the website answers it, as
-        it answers everyone who is not a client of this server.
-        """
-        assert self.tls is not None
-        front = TlsFront(self.tls.context, classify_first_frame)
-        drive_front(sock, front, time.monotonic() + HANDSHAKE_TIMEOUT)
-        if front.outcome is Outcome.WEB_CLEAR:
-            return WebVisitor(sock, front.received, encrypted=False)
-        if front.outcome is Outcome.CLOSE:
-            raise HandshakeFailed(f"TLS: {front.why}")
-        assert front.endpoint is not None
-        carrier = TlsCarrier(sock, front.endpoint, front.received)
-        if front.outcome is Outcome.WEB_TLS:
-            return WebVisitor(carrier, front.received, encrypted=True)
-        refused: list[object] = []
-        try:
-            return server_handshake(carrier, self.admission, refused.append)  # type: ignore[arg-type]
-        except HandshakeFailed as exc:
-            if not refused:
-                raise
-            log.info("refused a tunlib handshake (%s); answering as the website", exc)
-            return WebVisitor(TlsCarrier(sock, front.endpoint), front.received, encrypted=True)
 
     def run_session(self, record: ClientRecord, settings: SessionSettings, link: PeerLink, where: str) -> None:
         """Route to this client and carry its packets until its session ends, for any reason.
@@ -338,14 +286,21 @@ class Server:
     def log_stats(self) -> None:
         sessions = list(self.router.sessions.values())
         log.info("server stats: %s; clients connected: %d", self.router.counters.summary(), len(sessions))
+        log.info("admission: %s", self.gatekeeper.stats())
         for s in sessions:
             log.info("client %s stats: %s", s.name, s.stats())
+
+    def refusals(self) -> dict[str, int]:
+        """The gatekeeper's refusal totals in the two classes ``status`` reports."""
+        totals = dict(self.gatekeeper.tally.totals)  # one C-level copy: safe against the gatekeeper thread
+        limited = sum(n for reason, n in totals.items() if reason in LIMIT_REFUSALS)
+        return {"handshake_failed": sum(totals.values()) - limited, "too_many_handshakes": limited}
 
     def status(self) -> dict[str, Any]:
         """``server.py status``: the listener, refusals, and every registered client, connected or not."""
         sessions = {s.public_key: s for s in list(self.router.sessions.values())}
         clients = []
-        for record in self.state.readable_clients():
+        for record in sorted(self.registry.records(), key=lambda r: r.name):
             session = sessions.get(record.public_key)
             endpoint, since = self.origins.get(session, (None, None)) if session is not None else (None, None)
             counters = session.link.counters if session is not None else None
@@ -373,16 +328,13 @@ class Server:
             "tun": self.tun.name,
             "address": str(self.settings.server_interface),
             "mode": "offload" if self.tun.offload else "plain",
-            "refused": {reason: self.refused[reason] for reason in REFUSAL_REASONS},
+            "refused": self.refusals(),
             "clients": clients,
         }
 
     def stop(self) -> None:
         """Close everything in an order that wakes every thread, then remove the TUN."""
         self.stopping.set()
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
         self.log_stats()  # while the sessions still exist
         for session in list(self.router.sessions.values()):
             session.close()
@@ -406,7 +358,7 @@ def bind_listener(listen: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-        sock.listen(128)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -472,7 +424,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     require_net_admin()
     state = ServerState(args.state_dir)
     settings = state.settings()
-    state.private_key()
+    private_key = state.private_key_for_run()
     apply_run_options(args, state)
     if len(args.dns) > MAX_DNS_SERVERS:
         raise UserError(f"at most {MAX_DNS_SERVERS} --dns servers (the resolver reads no more)")
@@ -489,6 +441,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             enable_nat(journal, settings.subnet, tun.name, args.egress)
         server = Server(
             state=state,
+            private_key=private_key,
             settings=settings,
             listener=listener,
             tun=tun,

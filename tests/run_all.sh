@@ -8,6 +8,7 @@
 #   4. the demo, two-host:     run_vpn.sh --background, test_vpn.sh, run_vpn.sh --down
 #   5. the demo, flat:         the same with --flat, and with --gateway
 #   6. the benchmark:          bench/run.sh --quick (figures printed, not asserted)
+#   7. the attack measurements: bench/attack.py --quick (figures printed, not asserted; < 60 s)
 # The demo checks use their own namespace names (tlar<PID>-...) and a temporary lab directory,
 # so they never collide with a demo someone is running from lab/. Whatever they start is torn
 # down on exit, also on failure or Ctrl+C. Exit status 0 only if every step passed; the last
@@ -134,6 +135,11 @@ demo_checks gateway --gateway
 banner "benchmark: bench/run.sh --quick"
 timeout --foreground -s INT -k 30 300 bash "$ROOT/bench/run.sh" --quick
 record $? "bench/run.sh --quick"
+
+# -- 7. attacks, short: strangers and a rogue client against a lab server; figures printed, not asserted ----
+banner "attack measurements: bench/attack.py --quick"
+flock -w 600 /tmp/tunlib-bench.lock timeout --foreground -s INT -k 30 180 "$PY" -m bench.attack --quick
+record $? "bench/attack.py --quick"
 
 # -- summary -----------------------------------------------------------------------------------
 banner "summary"

@@ -8,6 +8,7 @@ Every user mistake must come back as one UserError line, never a traceback.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import logging
@@ -700,3 +701,74 @@ def test_parse_endpoint_ascii_fuzz(text):
         return
     assert host
     assert 1 <= port <= 65535
+
+
+# -- hostile hosts, files and modes ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "vpn..example:55555",
+        ".vpn.example:1",
+        "a" * 64 + ".example:1",
+        ".".join(["a" * 63] * 4) + ":1",  # 255 characters
+        "xn--zz-\u00e9.example:1",  # no IDNA encoding
+    ],
+)
+def test_parse_endpoint_rejects_hosts_the_resolver_would_choke_on(text):
+    with pytest.raises(UserError, match="bad host") as exc:
+        parse_endpoint(text)
+    one_line(exc)
+
+
+@pytest.mark.parametrize("host", ["vpn.example.", "a" * 63 + ".example", "b\u00fccher.example", "localhost"])
+def test_parse_endpoint_accepts_valid_names(host):
+    assert parse_endpoint(f"{host}:443") == (host, 443)
+
+
+@given(text=st.text(max_size=80))
+def test_any_accepted_host_can_be_handed_to_the_resolver(text):
+    """What parse_endpoint accepts, getaddrinfo can encode: no UnicodeError traceback later."""
+    try:
+        host, _port = parse_endpoint(text)
+    except UserError:
+        return
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return
+    host.encode("idna")
+
+
+def test_profile_load_refuses_a_fifo_without_blocking(tmp_path):
+    fifo = tmp_path / "fifo.conf"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(UserError, match="not a regular file") as exc:
+        Profile.load(str(fifo))
+    one_line(exc)
+
+
+def test_profile_load_refuses_a_huge_file(tmp_path):
+    path = tmp_path / "huge.conf"
+    write_private_file(path, VALID + "#" * (1 << 20))
+    with pytest.raises(UserError, match="more than") as exc:
+        Profile.load(str(path))
+    one_line(exc)
+
+
+def test_server_key_readable_by_others_is_a_warning_at_run(state, caplog):
+    with caplog.at_level(logging.WARNING, logger="config"):
+        state.private_key_for_run()
+    assert caplog.text == ""
+    os.chmod(state.key_path, 0o644)
+    with caplog.at_level(logging.WARNING, logger="config"):
+        assert state.private_key_for_run() == state.private_key()
+    assert "group/other" in caplog.text
+    assert "chmod 600" in caplog.text
+
+
+def test_server_key_fifo_is_a_user_error(state):
+    state.key_path.unlink()
+    os.mkfifo(state.key_path, 0o600)
+    with pytest.raises(UserError, match="not a regular file"):
+        state.private_key()

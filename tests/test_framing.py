@@ -14,19 +14,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wiretools import feed
 
+import handshake
 from framing import (
     AEAD_TAG_LEN,
     HEADER,
     HEADER_LEN,
+    MAC1_LEN,
     MAX_FRAME_BODY,
     MAX_HANDSHAKE_BODY,
     MAX_PACKET_LEN,
+    NOISE_INIT_MIN,
+    FirstFrame,
     FrameDecoder,
     FrameError,
     FrameType,
     RejectReason,
+    classify_first_frame,
+    compute_mac1,
     encode_frame,
     encode_header,
+    encode_init_frame,
+    mac1_valid,
 )
 
 MAX_BODY = 300
@@ -365,3 +373,65 @@ def test_incomplete_header_yields_nothing(prefix):
     feed(decoder, prefix)
     assert drain(decoder) == []
     assert decoder.buffered == len(prefix)
+
+
+# -- mac1 ------------------------------------------------------------------------------
+
+SERVER_PUBLIC = bytes(range(32))
+OTHER_PUBLIC = bytes(range(1, 33))
+NOISE_MESSAGE = bytes(range(110))
+
+
+def test_mac1_constants_match_the_handshake():
+    assert NOISE_INIT_MIN == handshake.INIT_OVERHEAD
+
+
+def test_init_frame_layout():
+    frame = encode_init_frame(SERVER_PUBLIC, NOISE_MESSAGE)
+    assert HEADER.unpack(frame[:HEADER_LEN]) == (len(NOISE_MESSAGE) + MAC1_LEN, FrameType.HANDSHAKE_INIT)
+    assert frame[HEADER_LEN:-MAC1_LEN] == NOISE_MESSAGE
+    assert frame[-MAC1_LEN:] == compute_mac1(SERVER_PUBLIC, frame[:HEADER_LEN], NOISE_MESSAGE)
+    assert mac1_valid(SERVER_PUBLIC, frame[:HEADER_LEN], frame[HEADER_LEN:])
+
+
+def test_mac1_of_another_server_is_invalid():
+    frame = encode_init_frame(OTHER_PUBLIC, NOISE_MESSAGE)
+    assert not mac1_valid(SERVER_PUBLIC, frame[:HEADER_LEN], frame[HEADER_LEN:])
+    assert classify_first_frame(SERVER_PUBLIC, frame) is FirstFrame.FOREIGN
+
+
+@given(position=st.integers(0, HEADER_LEN + len(NOISE_MESSAGE) + MAC1_LEN - 1), flip=st.integers(1, 255))
+def test_any_flipped_byte_breaks_mac1(position, flip):
+    """The header is covered too: a changed length or type fails like a changed body."""
+    frame = bytearray(encode_init_frame(SERVER_PUBLIC, NOISE_MESSAGE))
+    frame[position] ^= flip
+    assert not mac1_valid(SERVER_PUBLIC, bytes(frame[:HEADER_LEN]), bytes(frame[HEADER_LEN:]))
+
+
+@given(body=st.binary(max_size=400))
+def test_garbage_never_has_a_valid_mac1(body):
+    header = encode_header(FrameType.HANDSHAKE_INIT, len(body))
+    assert not mac1_valid(SERVER_PUBLIC, header, body)
+
+
+def test_classify_first_frame():
+    frame = encode_init_frame(SERVER_PUBLIC, NOISE_MESSAGE)
+    for cut in range(len(frame)):
+        assert classify_first_frame(SERVER_PUBLIC, frame[:cut]) is FirstFrame.INCOMPLETE, cut
+    assert classify_first_frame(SERVER_PUBLIC, frame) is FirstFrame.TUNLIB
+    assert classify_first_frame(SERVER_PUBLIC, frame + b"more") is FirstFrame.TUNLIB
+
+
+@pytest.mark.parametrize(
+    "first_bytes",
+    [
+        b"GET / HTTP/1.1\r\n",
+        b"\x16\x03\x01\x02\x00",  # TLS handshake record
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+        encode_header(FrameType.DATA, 100),
+        encode_header(FrameType.HANDSHAKE_INIT, NOISE_INIT_MIN + MAC1_LEN - 1),  # too short to be one
+        encode_header(FrameType.HANDSHAKE_INIT, MAX_HANDSHAKE_BODY + 1),
+    ],
+)
+def test_classify_other_protocols_from_the_header_alone(first_bytes):
+    assert classify_first_frame(SERVER_PUBLIC, first_bytes) is FirstFrame.FOREIGN

@@ -33,7 +33,7 @@ from handshake import (
     public_key,
 )
 
-PROLOGUE = b"tunlib/1"
+PROLOGUE = b"tunlib/2"
 # Transport frames are sealed with their 5-byte header as associated data (design.md).
 FRAME_HEADER_AD = b"\x00\x00\x05\xdc\x04"
 
@@ -360,7 +360,7 @@ def test_wrong_psk_is_rejected_by_initiator() -> None:
 
 def test_wrong_prologue_is_rejected() -> None:
     with pytest.raises(HandshakeError):
-        Responder(SERVER_STATIC, b"tunlib/2", SERVER_EPHEMERAL).read_init(MESSAGE1)
+        Responder(SERVER_STATIC, b"tunlib/1", SERVER_EPHEMERAL).read_init(MESSAGE1)
 
 
 def test_response_to_another_handshake_is_rejected() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import hashlib
 import ipaddress
 import re
 import socket
@@ -23,15 +24,16 @@ import types
 from pathlib import Path
 
 import pytest
+from serverside import server_handshake
 from wiretools import feed
 
 import session
 from config import ClientRecord, Profile
-from framing import HEADER, FrameDecoder, FrameType, encode_frame
+from framing import HEADER, FrameDecoder, FrameType, encode_frame, encode_init_frame, mac1_key, mac1_valid
 from handshake import Initiator, Responder, public_key
 from messages import ClientHello, SessionSettings, tai64n
 from packets import echo_reply_for
-from session import PROLOGUE, Admission, client_handshake, server_handshake
+from session import PROLOGUE, Admission, client_handshake
 from transport import ReceiveState, SendState
 from tunlib import LinkClosed
 
@@ -132,6 +134,7 @@ def test_the_example_has_every_value():
         "server static public",
         "client ephemeral public",
         "server ephemeral public",
+        "mac1 key",
         "hello",
         "settings",
         "frame 1",
@@ -180,10 +183,20 @@ def run_handshake() -> tuple[bytes, bytes, object, object]:
 
 def test_handshake_frames():
     message1, message2, _client_keys, _server_keys = run_handshake()
-    assert encode_frame(FrameType.HANDSHAKE_INIT, message1) == EXAMPLE["frame 1"]
+    assert encode_init_frame(public_key(SERVER_STATIC), message1) == EXAMPLE["frame 1"]
     assert encode_frame(FrameType.HANDSHAKE_RESPONSE, message2) == EXAMPLE["frame 2"]
     assert message1[:32] == EXAMPLE["client ephemeral public"]
     assert message2[:32] == EXAMPLE["server ephemeral public"]
+
+
+def test_mac1():
+    """Frame 1 ends with mac1 (section 4.7), recomputed here from hashlib alone."""
+    frame, server_public = EXAMPLE["frame 1"], EXAMPLE["server static public"]
+    key = hashlib.blake2s(b"mac1----" + server_public).digest()
+    assert key == EXAMPLE["mac1 key"] == mac1_key(server_public)
+    assert frame[-16:] == hashlib.blake2s(frame[:-16], key=key, digest_size=16).digest()
+    assert mac1_valid(server_public, frame[:5], frame[5:])
+    assert not mac1_valid(EXAMPLE["client static public"], frame[:5], frame[5:])
 
 
 def test_session_keys_and_handshake_hash():

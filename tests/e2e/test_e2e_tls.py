@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import netlab
 from carrier import client_context
 from config import Profile
-from framing import FrameType, encode_frame
+from framing import encode_init_frame
 from handshake import Initiator
 from messages import ClientHello, tai64n
 from netlab import Namespace, Peer, TunnelLab
@@ -245,7 +246,7 @@ def stale_message_1(profile_path: Path) -> bytes:
     profile = Profile.load(str(profile_path))
     initiator = Initiator(profile.private_key, profile.server_public_key, profile.psk, PROLOGUE)
     hello = ClientHello(tai64n(time.time_ns() - 3600 * 10**9))
-    return encode_frame(FrameType.HANDSHAKE_INIT, initiator.write_init(hello.encode()))
+    return encode_init_frame(profile.server_public_key, initiator.write_init(hello.encode()))
 
 
 def test_probes_get_the_website_never_a_reject(company) -> None:
@@ -275,7 +276,8 @@ def test_probes_get_the_website_never_a_reject(company) -> None:
 
     replay = tls_exchange(lab.outsider, server, stale_message_1(lab.alice.profile))
     assert replay.startswith(b"HTTP/1.1 400 Bad Request")
-    assert "refused a tunlib handshake" in lab.server_process.log()
+    lab.server_process.send_signal(signal.SIGUSR1)  # the admission counters, now
+    lab.server_process.wait_for_log(r"admission: .*stale-to-website 1")
 
     # Alice's recorded TLS first flight, replayed byte for byte: a TLS server's answer (its own
     # handshake, then an alert, as the replayed Finished fails), nothing else.

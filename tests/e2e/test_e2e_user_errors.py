@@ -6,8 +6,10 @@ One lab is shared: a running server, and alice registered but not connected.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +71,8 @@ PROFILE_MISTAKES = {
     "bad-base64": (None, "PrivateKey is not valid base64"),
     "short-key": (None, "PublicKey must be 32 bytes"),
     "bad-endpoint": (None, "bad port"),
+    "empty-label": (None, "bad host"),
+    "long-label": (None, "bad host"),
 }
 
 
@@ -81,6 +85,8 @@ def test_invalid_profile(lab: TunnelLab, mistake: str) -> None:
             "bad-base64": ("PrivateKey = ", "PrivateKey = !!not-base64!!\n"),
             "short-key": ("PublicKey = ", "PublicKey = AAAAAAAA\n"),
             "bad-endpoint": ("Endpoint = ", "Endpoint = 192.0.2.1:99999\n"),
+            "empty-label": ("Endpoint = ", "Endpoint = vpn..example:55555\n"),
+            "long-label": ("Endpoint = ", f"Endpoint = {'a' * 64}.example:55555\n"),
         }
         prefix, replacement = edits[mistake]
         text = "".join(replacement if line.startswith(prefix) else line for line in good)
@@ -107,3 +113,22 @@ def test_not_an_initialised_state_dir(lab: TunnelLab, command: str) -> None:
     result = lab.server.run(sys.executable, "server.py", *args, "--state-dir", empty)
     assert_user_error(result, "not an initialised state directory", str(empty))
     assert lab.server.links("tun") == [lab.server_tun]
+
+
+@pytest.mark.parametrize("endpoint", ["vpn..example:55555", f"{'a' * 64}.example", ".example:1"])
+def test_hostile_endpoint_on_the_command_line(lab: TunnelLab, endpoint: str) -> None:
+    assert_user_error(run_alice(lab, endpoint=endpoint), "bad host", endpoint.split(":", maxsplit=1)[0])
+
+
+@pytest.mark.parametrize("kind", ["fifo", "huge"])
+def test_hostile_profile_file(lab: TunnelLab, kind: str) -> None:
+    """A FIFO must not hang the client, a huge file must not be read into memory."""
+    path = lab.workdir / f"{kind}.conf"
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    else:
+        write_profile(lab, path.name, lab.peers["alice"].profile.read_text() + "#" * (8 << 20))
+    start = time.monotonic()
+    result = run_alice(lab, profile=path)
+    assert time.monotonic() - start < 30
+    assert_user_error(result, "cannot read profile", str(path))
