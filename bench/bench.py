@@ -25,7 +25,8 @@ Per path row: iperf3 single stream up (client -> server) and down (``-R``), 4 st
 (``-P 4``), the median RTT of idle pings sent every 0.2 s and every 0.01 s (the interval
 matters: an idle thread takes longer to wake, see README "Speed"), and the CPU seconds
 (user + system, from ``/proc/PID/stat``) the tunnel processes used during the three
-throughput tests. Under the table, the targets of issue 11 with this run's figures.
+throughput tests. Under the table, the targets of issue 11 (and of issue 8, for the TLS rows)
+with this run's figures.
 
 Figures are printed and saved (``bench/results/latest.{txt,json}``), never asserted: the
 machine is shared and numbers are noisy. Exit status: 0 if every row ran or was skipped for a
@@ -713,6 +714,10 @@ def targets(rows: list[Row]) -> list[Target]:
             found.append(Target(name, got.get(f"{metric}_share"), 0.4 if got else None, "share"))
         name = f"victim ping loss <= 2% with a flood {where} (issue 7)"
         found.append(Target(name, got.get("ping_loss"), 0.02 if got else None, "share", at_most=True))
+    for key, factor in (("tls", 0.8), ("tls-squid", 0.5)):
+        for metric in ("up", "down"):
+            name = f"{key} single stream {metric} >= {factor} x tunlib offload (issue 8)"
+            found.append(Target(name, value(ok.get(key), metric), scaled(offload, metric, factor), "Mbit/s"))
     for interval in (str(i) for i in PING_INTERVALS):
         for row in (offload, plain):
             if row is not None:
@@ -767,7 +772,7 @@ def render(rows: list[Row], settings: Settings, table_ratios: dict) -> str:
         "  'multi' puts its 4-client sum under '4 str'; 'gateway' puts its download under 'down'."
         " CPU = user+sys of the tunnel processes during the throughput tests."
     )
-    lines += ["", "targets (issue 11; figures and bounds from this run):"]
+    lines += ["", "targets (issues 11 and 8; figures and bounds from this run):"]
     for target in targets(rows):
         unit = target.unit
         spec = {"ms": ",.3f", "share": ".0%"}.get(unit, ",.0f")
