@@ -31,7 +31,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import netlab
-from carrier import client_context
+from carrier import TlsEndpoint, client_context
 from config import Profile
 from framing import encode_init_frame
 from handshake import Initiator
@@ -341,3 +341,37 @@ def test_proxy_only_network(company) -> None:
     lab.tinyproxy.stop()
     stopped = lab.alice.ns.run(*lab.client_argv(lab.alice, "--proxy", lab.proxy_url(), endpoint=lab.endpoint))
     netlab.assert_user_error(stopped, f"proxy http://***@{lab.proxy_address}:{PROXY_PORT} is unreachable")
+
+
+def client_hello() -> bytes:
+    """A real TLS ClientHello (the first flight of a browser-like client), made in memory."""
+    endpoint = TlsEndpoint(client_context(), server_side=False, server_name=SERVER_NAME)
+    endpoint.handshake()
+    return endpoint.outgoing.read()
+
+
+def test_stalled_tls_strangers_do_not_keep_a_client_out(company) -> None:
+    """200 connections from one scanner send a ClientHello and then nothing (the per-source limit
+    holds some in their TLS handshake and refuses the rest); the client connects anyway, before
+    any of them times out, and the server's loop keeps serving."""
+    lab = company()
+    lab.start_server()
+    server = (lab.outsider_link.address_a, TLS_PORT)
+    hello = client_hello()
+    stalled = []
+    for _ in range(200):
+        sock = lab.outsider.socket()
+        sock.settimeout(5)
+        try:
+            sock.connect(server)
+            sock.sendall(hello)
+        except OSError:
+            continue  # refused by the per-source limit: that is the server defending itself
+        stalled.append(sock)
+    lab.server_process.send_signal(signal.SIGUSR1)
+    lab.server_process.wait_for_log(r"admission: handshakes pending [1-9]")  # held mid-TLS, in the loop
+    start = time.monotonic()
+    lab.start_alice()
+    assert time.monotonic() - start < 5  # not after the strangers time out: past them
+    assert lab.alice.ns.ping(lab.server_ip, count=2, interval=0.1).all_answered
+    assert lab.server_process.returncode is None
