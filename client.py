@@ -2,7 +2,7 @@
 """tunlib client: connect to the server, then carry packets between a TUN and the connection.
 
     client.py run --config PROFILE [--tun tun-client0] [--endpoint HOST:PORT] [--icmp-reply]
-                  [--full-tunnel | --route CIDR ...] [--kill-switch]
+                  [--full-tunnel | --route CIDR ...] [--kill-switch] [--proxy URL]
                   [--rekey-after SECONDS] [--keepalive SECONDS] [-v]
     client.py cleanup [-v]      # undo what a crashed run left: routes, firewall tables, DNS
     client.py daemon [--socket PATH] [--group tunlib] [--state-dir DIR] [--tun NAME]
@@ -10,7 +10,9 @@
 
 Order matters:
 1. With ``--kill-switch``, the firewall goes up first, so nothing leaks even before the tunnel.
-2. The client dials and completes the handshake *before* it creates its TUN, because the
+2. The client dials (through a proxy if one is set: ``--proxy``, the profile's ``Proxy``, or
+   ``https_proxy`` from the environment), wraps the connection in TLS if the profile says
+   ``Transport = tls``, and completes the handshake *before* it creates its TUN, because the
    server's answer says which address, MTU and data-path mode the TUN must have.
 3. Routes and DNS follow, each recorded in a journal before it is made (see journal.py).
 4. Two threads carry packets: TUN -> socket and socket -> TUN (tunlib.py). The second also
@@ -26,25 +28,38 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import interpreter
 
 if __name__ == "__main__":
     interpreter.use_project_venv()  # first: re-runs us under .venv if this Python lacks the requirements
 
-from config import Profile, format_endpoint, resolve_endpoint
+from carrier import TlsCarrier, TlsError, client_handshake_tls
+from config import Profile, format_endpoint, parse_endpoint, resolve_addresses
 from daemon import DEFAULT_GROUP, DEFAULT_SOCKET, DEFAULT_STATE_DIR, run_daemon
 from errors import UserError
 from gateway import HALF_ROUTES, HALF_ROUTES6, ClientGateway
 from journal import Journal, journal_path
 from messages import SessionSettings
 from netsetup import configure_interface
+from proxy import ProxyURL, dial_via_proxy, parse_proxy_url, proxy_from_environment
 from rekey import KEEPALIVE, REKEY_AFTER_TIME, InitiatorRole, Policy
 from runtime import StopRequested, StopSignal, add_cleanup_command, add_timer_options, require_net_admin, run_main
-from session import PROLOGUE, HandshakeFailed, client_handshake, dial
+from session import (
+    CONNECT_TIMEOUT,
+    HANDSHAKE_TIMEOUT,
+    PROLOGUE,
+    HandshakeFailed,
+    client_handshake,
+    dial,
+    tune_carrier,
+)
 from tundev import TunDevice, open_tun
 from tunlib import PeerLink, SessionEnd, TunGone, make_client_deliver, pump_tun_to_link, supervise
 from usercommands import add_user_commands
@@ -58,26 +73,48 @@ RECONNECT_BACKOFF = (1, 2, 4, 8, 15, 30)
 STABLE_SESSION = 10.0
 """A session that ended sooner counts as a failure for the backoff, so two machines sharing one
 profile (each new session displaces the other) retry slowly instead of fighting in a loop."""
+NO_PROXY_WORDS = ("none", "direct")
+"""``--proxy none`` ignores the profile's Proxy and the environment."""
+WEB_ANSWER = (
+    "the server answered like a web server, which a TLS-mode tunlib server does to anyone it does not "
+    "accept: check the profile's [Server] PublicKey, and that this client is still registered (list-clients)"
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    """How the carrier connection reaches the server: directly, or through a proxy.
+
+    ``hop_ips`` are the addresses the TCP connection may go to (the server's, or the proxy's,
+    IPv6 and IPv4 in Happy Eyeballs order), resolved once before routes or DNS change; the kill
+    switch and the full tunnel's host routes keep exactly those addresses reachable outside the
+    tunnel.
+    """
+
+    host: str
+    port: int
+    hop_ips: list[str]
+    hop_port: int
+    proxy: ProxyURL | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return format_endpoint(self.host, self.port)
+
+    def describe(self) -> str:
+        return self.endpoint + (f" via proxy {self.proxy.redacted()}" if self.proxy else "")
 
 
 class Tunnel:
     """The client's long-lived state: TUN, host changes, and the current session."""
 
     def __init__(
-        self,
-        args: argparse.Namespace,
-        profile: Profile,
-        server_ips: list[str],
-        port: int,
-        stop: StopSignal | None = None,
+        self, args: argparse.Namespace, profile: Profile, route: Route, stop: StopSignal | None = None
     ) -> None:
         self.args = args
         self.profile = profile
-        self.server_ips = server_ips
-        """Every address of the server, resolved once at start (RFC 8305 order)."""
-        self.server_ip = server_ips[0]
-        """The address of the current (or last) connection."""
-        self.port = port
+        self.route = route
+        self.endpoint = route.describe()
         self.stop = stop or StopSignal()
         self.state = "connecting"
         """connecting, connected or reconnecting: what ``client.py status`` shows."""
@@ -102,20 +139,18 @@ class Tunnel:
         if self.link is not None:
             log.info("stats: %s", self.link.counters.summary())
 
-    @property
-    def endpoint(self) -> str:
-        return format_endpoint(self.server_ip, self.port)
-
     def connect(self) -> tuple[SessionSettings, PeerLink]:
         """Dial and handshake; a stop signal aborts it at once with StopRequested."""
         with self.stop.interruptible():
-            sock = dial(self.server_ips, self.port)
-            self.server_ip = sock.getpeername()[0]
+            sock = self.dial()
             try:
+                if self.profile.transport == "tls":
+                    sock = client_handshake_tls(sock, self.profile.server_name, HANDSHAKE_TIMEOUT)
                 settings, link = client_handshake(sock, self.profile)
-            except HandshakeFailed as exc:
+            except (HandshakeFailed, TlsError) as exc:
                 sock.close()
-                raise UserError(f"handshake with {self.endpoint} failed: {exc}") from None
+                why = WEB_ANSWER if isinstance(sock, TlsCarrier) and sock.first_bytes.startswith(b"HTTP/") else exc
+                raise UserError(f"handshake with {self.endpoint} failed: {why}") from None
             except BaseException:
                 sock.close()
                 raise
@@ -129,10 +164,19 @@ class Tunnel:
         link.configure(policy, InitiatorRole(profile.private_key, profile.server_public_key, profile.psk, PROLOGUE))
         return settings, link
 
+    def dial(self) -> socket.socket:
+        """A TCP connection to the server, straight or through the proxy."""
+        route = self.route
+        if route.proxy is None:
+            return dial(route.hop_ips, route.hop_port)
+        sock = dial_via_proxy(route.proxy, route.hop_ips, route.host, route.port, CONNECT_TIMEOUT)
+        tune_carrier(sock)
+        return sock
+
     def setup(self) -> None:
         """Everything before the first packet flows; teardown() undoes it all after a failure."""
         if self.args.kill_switch:
-            self.gateway.kill_switch([(ip, self.port) for ip in self.server_ips])
+            self.gateway.kill_switch([(ip, self.route.hop_port) for ip in self.route.hop_ips])
         self.settings, self.link = self.connect()
         if self.stop.is_set():  # the daemon's disconnect arrived while we dialled
             raise StopRequested(self.stop.signal_name)
@@ -145,7 +189,7 @@ class Tunnel:
         if settings.address6 is not None:
             self.routes.append(str(settings.address6.network))
         if self.args.full_tunnel:
-            self.gateway.full_tunnel(self.server_ips, ipv6=settings.address6 is not None)
+            self.gateway.full_tunnel(self.route.hop_ips, ipv6=settings.address6 is not None)
             self.gateway.dns(settings.dns)
             self.routes += HALF_ROUTES
             if settings.address6 is not None:
@@ -257,11 +301,33 @@ class Tunnel:
         self.journal.undo()
 
 
+def choose_proxy(flag: str | None, profile: Profile) -> tuple[str | None, str]:
+    """The proxy URL to use and where it came from: ``--proxy``, the profile, then the environment."""
+    if flag is not None:
+        return (None, "") if flag.strip().lower() in NO_PROXY_WORDS else (flag, "--proxy")
+    if profile.proxy:
+        return profile.proxy, "the profile"
+    host = parse_endpoint(profile.endpoint)[0]
+    url = proxy_from_environment(os.environ, host)
+    return url, "https_proxy" if url else ""
+
+
+def plan_route(args: argparse.Namespace, profile: Profile) -> Route:
+    """Where the carrier goes. Through a proxy, the server's name is left to the proxy to resolve
+    (a network that has a proxy often has no public DNS); only the proxy's name is resolved here."""
+    host, port = parse_endpoint(args.endpoint or profile.endpoint)
+    url, source = choose_proxy(args.proxy, profile)
+    if url is None:
+        return Route(host, port, resolve_addresses(host, port, "server"), port)
+    proxy = parse_proxy_url(url)
+    log.debug("using proxy %s (from %s)", proxy.redacted(), source)
+    return Route(host, port, resolve_addresses(proxy.host, proxy.port, "proxy"), proxy.port, proxy)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     require_net_admin()
     profile = Profile.load(args.config)
-    server_ips, port = resolve_endpoint(args.endpoint or profile.endpoint)
-    tunnel = Tunnel(args, profile, server_ips, port)
+    tunnel = Tunnel(args, profile, plan_route(args, profile))
     tunnel.stop.on_usr1(tunnel.log_stats)
     tunnel.journal.claim("client.py")  # refuses, changing nothing, if a live client owns this TUN
     try:
@@ -276,9 +342,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def open_daemon_tunnel(profile: Profile, endpoint: str, options: list[str], stop: StopSignal) -> Tunnel:
     """A tunnel for the daemon, built from a ``run`` command line exactly as ``run`` builds its own."""
-    args = build_parser().parse_args(["run", "--config", profile.name, *options])
-    server_ips, port = resolve_endpoint(endpoint)
-    return Tunnel(args, profile, server_ips, port, stop)
+    args = build_parser().parse_args(["run", "--config", profile.name, "--endpoint", endpoint, *options])
+    return Tunnel(args, profile, plan_route(args, profile), stop)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -320,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kill-switch", action="store_true", help="block all traffic outside the tunnel until a clean exit")
     add_timer_options(p)
+    p.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="reach the server through http://[user:pass@]HOST:PORT (CONNECT) or socks5[h]://...; "
+        "default: the profile's Proxy, else https_proxy; 'none' for a direct connection",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
     add_cleanup_command(sub, "client", "routes, firewall and DNS changes")

@@ -2,8 +2,9 @@
 
 Server state directory (created by ``server.py init``, mode 0700)::
 
-    DIR/server.json         settings: subnet, subnet6, listen address, endpoint, MTU
+    DIR/server.json         settings: subnet, subnet6, listen address, endpoint, MTU, transport (tcp or tls)
     DIR/server.key          the server's X25519 private key, base64, mode 0600
+    DIR/tls.crt, tls.key    the self-signed TLS certificate ``init --tls`` makes when given none
     DIR/run.json            ``run`` options stored by ``server.py set`` (0600); flags override them
     DIR/control.sock        the running server's status socket (``server.py status``)
     DIR/clients/NAME.json   one registered client: public key, preshared key, address, address6 (0600)
@@ -19,6 +20,11 @@ profile, and forgets it. A profile is an INI file in the spirit of a WireGuard c
     PresharedKey = <base64>
     Endpoint = vpn.example.com:55555
     Endpoint = vpn2.example.com:443       (optional: more servers to fail over to)
+    Transport = tls                 (only in TLS mode; absent means tcp)
+    ServerName = vpn.example.com    (TLS mode: the SNI the client sends)
+
+The user may add ``Proxy = URL`` under ``[Client]`` (``http://[user:pass@]HOST:PORT`` or
+``socks5[h]://...``) when the client's network reaches the web only through a proxy.
 
 Everything read from disk is validated here and turned into a :class:`~errors.UserError` with
 one clear line, so the programs never show a traceback for a bad file.
@@ -36,14 +42,17 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from carrier import certificate_names, make_self_signed, server_context
 from errors import UserError
 from handshake import generate_private_key, public_key
 from happy_eyeballs import interleave_families
 from messages import DEFAULT_MTU, IPV6_MIN_MTU, MAX_IPV6_PREFIX, MAX_MTU, MIN_MTU, valid_mtu
+from proxy import ProxyError, parse_proxy_url
 
 DEFAULT_PORT = 55555
 DEFAULT_SUBNET = "10.0.0.0/24"
@@ -54,6 +63,16 @@ KEY_LEN = 32
 log = logging.getLogger(__name__)
 
 CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+TRANSPORTS = ("tcp", "tls")
+DNS_NAME = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+)
+"""A host name as SNI carries it (RFC 6066: a DNS name, never an IP address)."""
+
+
+def valid_server_name(name: str) -> bool:
+    return DNS_NAME.fullmatch(name) is not None
 
 
 def encode_key(key: bytes) -> str:
@@ -117,18 +136,22 @@ def _check_host(host: str, text: str) -> None:
         raise UserError(f"bad host in {text!r}: not a valid host name") from None
 
 
-def resolve_endpoint(endpoint: str) -> tuple[list[str], int]:
-    """Resolve the server's name once, before DNS or routes change, and pin its addresses:
-    every IPv6 (AAAA) and IPv4 (A) address, in the order Happy Eyeballs tries them."""
-    host, port = parse_endpoint(endpoint)
+def resolve_addresses(host: str, port: int, what: str = "server") -> list[str]:
+    """Resolve ``host`` once, before DNS or routes change, and pin its addresses: every IPv6
+    (AAAA) and IPv4 (A) address, in the order Happy Eyeballs tries them (RFC 8305)."""
     try:
         infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise UserError(f"cannot resolve server {host}: {exc.strerror}") from None
+        raise UserError(f"cannot resolve {what} {host}: {exc.strerror}") from None
     except UnicodeError:
-        raise UserError(f"cannot resolve server {host}: not a valid host name") from None
-    addresses = [info[4][0] for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
-    return interleave_families(addresses), port
+        raise UserError(f"cannot resolve {what} {host}: not a valid host name") from None
+    return interleave_families([info[4][0] for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)])
+
+
+def resolve_endpoint(endpoint: str) -> tuple[list[str], int]:
+    """``HOST:PORT`` resolved as :func:`resolve_addresses` does: (addresses, port)."""
+    host, port = parse_endpoint(endpoint)
+    return resolve_addresses(host, port), port
 
 
 def format_endpoint(host: str, port: int) -> str:
@@ -251,6 +274,11 @@ class ServerSettings:
     listen: str
     endpoint: str
     mtu: int
+    transport: str = "tcp"
+    server_name: str | None = None
+    """TLS mode: the name in the certificate and in clients' SNI."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
     subnet6: ipaddress.IPv6Network | None = None
     """The tunnel's IPv6 prefix; None for a state directory made before IPv6 (re-run ``init``)."""
 
@@ -281,14 +309,28 @@ class ServerState:
         self.settings_path = self.dir / "server.json"
         self.key_path = self.dir / "server.key"
         self.clients_dir = self.dir / "clients"
+        self.tls_cert_path = self.dir / "tls.crt"
+        self.tls_key_path = self.dir / "tls.key"
         self.run_path = self.dir / "run.json"
 
     # -- init ---------------------------------------------------------------
-    def init(self, subnet: str | None, listen: str | None, endpoint: str | None, subnet6: str | None = None) -> bool:
+    def init(
+        self,
+        subnet: str | None,
+        listen: str | None,
+        endpoint: str | None,
+        subnet6: str | None = None,
+        *,
+        tls: bool | None = None,
+        server_name: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+    ) -> bool:
         """Create keys and settings if missing. Returns True if anything was created.
 
         Idempotent: an existing key is never replaced (that would orphan every client), and
-        options given again for an existing directory update its settings.
+        options given again for an existing directory update its settings. ``tls`` True or False
+        switches the transport recorded for profiles; None keeps it.
         """
         created = False
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -320,10 +362,49 @@ class ServerState:
             "endpoint": endpoint,
             "mtu": old.get("mtu", DEFAULT_MTU),
         }
+        if tls is None:
+            tls = old.get("transport") == "tls"
+        if tls:
+            settings |= self._init_tls(old, endpoint, server_name, cert, key)
+        elif server_name or cert or key:
+            raise UserError("--server-name, --cert and --key need --tls")
         if settings != old:
             self.settings_path.write_text(json.dumps(settings, indent=2) + "\n")
             created = True
         return created
+
+    def _init_tls(
+        self, old: dict, endpoint: str, server_name: str | None, cert: str | None, key: str | None
+    ) -> dict[str, str]:
+        """The TLS settings: the user's certificate, or a self-signed one made here (and remade
+        when the server name changes), and the name clients send as SNI."""
+        if (cert is None) != (key is None):
+            raise UserError("--cert and --key go together")
+        if cert is not None and key is not None:
+            cert, key = str(Path(cert).resolve()), str(Path(key).resolve())
+            check_certificate(cert, key)
+        else:
+            cert, key = old.get("tls_cert"), old.get("tls_key")
+        names = certificate_names(Path(cert).read_bytes()) if cert and Path(cert).exists() else []
+        endpoint_host = parse_endpoint(endpoint)[0]
+        default_name = endpoint_host if valid_server_name(endpoint_host) else None
+        name = server_name or (names[0] if names and cert != str(self.tls_cert_path) else None)
+        name = name or old.get("server_name") or default_name
+        if name is None:
+            raise UserError(
+                f"TLS mode needs --server-name NAME: the endpoint {endpoint_host} is an address, and SNI "
+                "carries only names (pick the name of the website this server hosts, if any)"
+            )
+        if not valid_server_name(name):
+            raise UserError(f"bad --server-name {name!r}: expected a DNS name such as vpn.example.com")
+        own = cert is None or cert == str(self.tls_cert_path)
+        if own and (not self.tls_cert_path.exists() or name not in names):
+            cert_pem, key_pem = make_self_signed(name)
+            write_private_file(self.tls_key_path, key_pem.decode())
+            self.tls_cert_path.write_bytes(cert_pem)
+            log.info("made a self-signed TLS certificate for %s: %s", name, self.tls_cert_path)
+            cert, key = str(self.tls_cert_path), str(self.tls_key_path)
+        return {"transport": "tls", "server_name": name, "tls_cert": str(cert), "tls_key": str(key)}
 
     # -- stored run options (server.py set) ---------------------------------
     def run_options(self) -> dict:
@@ -377,7 +458,13 @@ class ServerState:
         if subnet6 is not None and mtu < IPV6_MIN_MTU:
             log.warning("%s: mtu %d is below IPv6's minimum of %d: IPv6 is off", self.settings_path, mtu, IPV6_MIN_MTU)
             subnet6 = None
-        return ServerSettings(subnet, listen, endpoint, mtu, subnet6)
+        transport = raw.get("transport", "tcp")
+        if transport not in TRANSPORTS:
+            raise UserError(f"{self.settings_path}: transport must be one of {', '.join(TRANSPORTS)}")
+        tls = [raw.get(k) for k in ("server_name", "tls_cert", "tls_key")]
+        if transport == "tls" and not all(isinstance(v, str) for v in tls):
+            raise UserError(f"{self.settings_path}: TLS mode needs server_name, tls_cert and tls_key")
+        return ServerSettings(subnet, listen, endpoint, mtu, transport, *tls, subnet6=subnet6)
 
     def clients(self) -> list[ClientRecord]:
         """Every registered client; a bad record is an error (for the commands that edit)."""
@@ -428,7 +515,15 @@ class ServerState:
         if ip6 is not None:
             fields["address6"] = str(ip6)
         write_private_file(path, json.dumps(fields, indent=2) + "\n")
-        profile = Profile(name, private, self.public_key(), record.psk, settings.endpoint)
+        profile = Profile(
+            name,
+            private,
+            self.public_key(),
+            record.psk,
+            settings.endpoint,
+            transport=settings.transport,
+            server_name=settings.server_name,
+        )
         hint = f"{ip}/{subnet.prefixlen}"
         if ip6 is not None and settings.subnet6 is not None:
             hint += f" and {ip6}/{settings.subnet6.prefixlen}"
@@ -459,6 +554,16 @@ class ServerState:
         if ip6 in taken:
             raise UserError(f"address {ip6} is already in use")
         return ip6
+
+
+def check_certificate(cert: str, key: str) -> None:
+    """Fail with one line unless ``cert`` and ``key`` load as a matching pair."""
+    try:
+        server_context(cert, key)
+    except ssl.SSLError as exc:  # before OSError, its base class
+        raise UserError(f"TLS certificate {cert} and key {key} do not load as a pair: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read the TLS certificate or key: {exc.strerror or exc}") from None
 
 
 def _parse_subnet(text: str) -> ipaddress.IPv4Network:
@@ -541,7 +646,16 @@ class Profile:
         """Every endpoint, in the profile's order: the candidates ``client.py connect`` tries."""
         return (self.endpoint, *self.more_endpoints)
 
+    transport: str = "tcp"
+    server_name: str | None = None
+    """TLS mode: the SNI; None sends none."""
+    proxy: str | None = None
+    """``Proxy = URL`` under [Client]: validated on load, never logged (it may hold a password)."""
+
     def render(self, address_hint: str) -> str:
+        tls = ""
+        if self.transport == "tls":
+            tls = "Transport = tls\n" + (f"ServerName = {self.server_name}\n" if self.server_name else "")
         return (
             f"# tunlib client profile for {self.name!r}, made by 'server.py add-client'.\n"
             f"# It holds this client's private key: keep it readable by root only (chmod 600).\n"
@@ -552,7 +666,7 @@ class Profile:
             f"\n"
             f"[Server]\n"
             f"PublicKey = {encode_key(self.server_public_key)}\n"
-            f"PresharedKey = {encode_key(self.psk)}\n" + "".join(f"Endpoint = {e}\n" for e in self.endpoints)
+            f"PresharedKey = {encode_key(self.psk)}\n" + "".join(f"Endpoint = {e}\n" for e in self.endpoints) + tls
         )
 
     @classmethod
@@ -567,6 +681,9 @@ class Profile:
             server_key = decode_key(server["PublicKey"], f"{source}: [Server] PublicKey")
             psk = decode_key(server["PresharedKey"], f"{source}: [Server] PresharedKey")
             endpoints = endpoints or [server["Endpoint"]]
+            transport = server.get("Transport", "tcp").strip().lower()
+            server_name = server.get("ServerName")
+            proxy = client.get("Proxy")
         except configparser.Error as exc:
             raise UserError(f"{source}: not a valid profile ({exc.message.splitlines()[0]})") from None
         except KeyError as exc:
@@ -576,7 +693,28 @@ class Profile:
                 parse_endpoint(endpoint)
             except UserError as exc:
                 raise UserError(f"{source}: [Server] Endpoint: {exc}") from None
-        return cls(name, private, server_key, psk, endpoints[0], tuple(endpoints[1:]))
+        if transport not in TRANSPORTS:
+            raise UserError(f"{source}: [Server] Transport must be one of {', '.join(TRANSPORTS)}")
+        if server_name is not None:
+            server_name = server_name.strip()
+            if not valid_server_name(server_name):
+                raise UserError(f"{source}: [Server] ServerName must be a DNS name, not {server_name[:64]!r}")
+        if proxy is not None:
+            try:
+                parse_proxy_url(proxy)
+            except ProxyError as exc:
+                raise UserError(f"{source}: [Client] Proxy: {exc}") from None
+        return cls(
+            name,
+            private,
+            server_key,
+            psk,
+            endpoints[0],
+            tuple(endpoints[1:]),
+            transport=transport,
+            server_name=server_name,
+            proxy=proxy,
+        )
 
     @classmethod
     def load(cls, path: str) -> Profile:

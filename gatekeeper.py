@@ -29,6 +29,7 @@ from typing import Protocol
 
 from admission import RefusalTally, SourceLimiter
 from config import format_endpoint
+from portshare import TlsHandshake, Visit
 from session import Admission, Established, Refuse, Send, ServerHandshake, tune_carrier
 
 log = logging.getLogger("server")
@@ -60,7 +61,7 @@ class Pending:
 
     sock: socket.socket
     where: str
-    machine: ServerHandshake
+    machine: ServerHandshake | TlsHandshake
 
 
 class Gatekeeper:
@@ -73,10 +74,17 @@ class Gatekeeper:
         on_established: Callable[[socket.socket, Established, str], None],
         stop: StopFlag,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        tls: Callable[[ServerHandshake, float], TlsHandshake] | None = None,
+        on_visitor: Callable[[socket.socket, Visit, str], None] | None = None,
     ) -> None:
+        """``tls`` (TLS mode) puts a TLS front before each handshake; ``on_visitor`` then takes the
+        connections that turn out to be web visitors (portshare.py)."""
         self.listener = listener
         self.admission = admission
         self.on_established = on_established
+        self.tls = tls
+        self.on_visitor = on_visitor
         self.clock = clock
         self.limiter = SourceLimiter()
         self.tally = RefusalTally()
@@ -143,7 +151,10 @@ class Gatekeeper:
             self.tally.add("evicted")
             self._close(self.pending[evicted])  # type: ignore[index]
         sock = socket.socket(self.listener.family, self.listener.type, fileno=fd)
-        pending = Pending(sock, peer_endpoint(peer), ServerHandshake(self.admission, now))
+        machine: ServerHandshake | TlsHandshake = ServerHandshake(self.admission, now)
+        if self.tls is not None:
+            machine = self.tls(machine, now)
+        pending = Pending(sock, peer_endpoint(peer), machine)
         self.pending[fd] = pending
         try:
             sock.setblocking(False)
@@ -172,6 +183,8 @@ class Gatekeeper:
                     self._refuse(pending, action, reset=not said)  # a reset could discard a REJECT
                 elif isinstance(action, Established):
                     self._establish(pending, action)
+                elif isinstance(action, Visit):
+                    self._visit(pending, action)
         except OSError as exc:
             self._refuse(pending, Refuse("closed", f"connection failed during the handshake: {exc}"))
         except Exception:
@@ -180,9 +193,11 @@ class Gatekeeper:
 
     def _sweep(self, now: float) -> None:
         for pending in list(self.pending.values()):
-            refusal = pending.machine.expire(now)
-            if refusal is not None:
-                self._refuse(pending, refusal)
+            outcome = pending.machine.expire(now)
+            if isinstance(outcome, Visit):
+                self._visit(pending, outcome)
+            elif outcome is not None:
+                self._refuse(pending, outcome)
         self.limiter.collect(now)
 
     def _refuse(self, pending: Pending, refusal: Refuse, reset: bool = True) -> None:
@@ -202,7 +217,21 @@ class Gatekeeper:
             log.debug("connection from %s failed after its handshake: %s", pending.where, exc)
             sock.close()
             return
-        self.on_established(sock, established, pending.where)
+        self.on_established(pending.machine.connection(sock), established, pending.where)
+
+    def _visit(self, pending: Pending, visit: Visit) -> None:
+        """A web visitor on a TLS port: off the loop, to the website (portshare.Fallback)."""
+        if self.pending.get(pending.sock.fileno()) is not pending:
+            return
+        self._forget(pending)
+        self.tally.add(visit.reason)
+        try:
+            pending.sock.setblocking(True)
+        except OSError:
+            pending.sock.close()
+            return
+        assert self.on_visitor is not None
+        self.on_visitor(visit.connection(pending.sock), visit, pending.where)
 
     def _forget(self, pending: Pending) -> None:
         """Stop tracking a connection (before it is closed or handed on: its fd is the key)."""

@@ -2,12 +2,13 @@
 """tunlib server: one TUN device, many clients, each on its own TCP connection.
 
     server.py init --state-dir DIR [--subnet 10.0.0.0/24] [--listen 0.0.0.0:55555] [--endpoint HOST:PORT]
+                   [--tls [--server-name NAME] [--cert FILE --key FILE]]
     server.py add-client NAME --state-dir DIR [--address IP]
     server.py list-clients --state-dir DIR
     server.py remove-client NAME --state-dir DIR
     server.py run --state-dir DIR [--listen HOST:PORT] [--tun tun0] [--icmp-reply] [--no-offload]
                   [--isolate-clients] [--nat [--egress IFACE]] [--dns IP]
-                  [--rekey-after SECONDS] [--keepalive SECONDS] [-v]
+                  [--rekey-after SECONDS] [--keepalive SECONDS] [--tls] [--fallback HOST:PORT] [-v]
     server.py set --state-dir DIR [any run option ...] [--unset OPTION]   # stored; run uses them
     server.py status --state-dir DIR [--json]    # what the running server sees, like 'wg show'
     server.py cleanup           # undo NAT rules and sysctls left by a crashed run
@@ -19,16 +20,20 @@ the session's timers) and a sender (queue -> socket). A stranger on the port nev
 thread. Every thread is supervised: whatever ends a client's thread ends that client's session
 (logged once, with the reason) and nobody else's; a failed server-wide thread stops the server
 (exit status 1) instead of leaving it half alive.
+In TLS mode the loop also runs the TLS handshakes (portshare.py); only a web visitor relayed to
+the ``--fallback`` website gets a thread (at most 32 at once).
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import ipaddress
 import json
 import logging
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -41,20 +46,31 @@ if __name__ == "__main__":
     interpreter.use_project_venv()  # first: re-runs us under .venv if this Python lacks the requirements
 
 from admission import LIMIT_REFUSALS
-from config import ClientRecord, ServerSettings, ServerState, encode_key, format_endpoint, parse_endpoint
+from carrier import server_context
+from config import (
+    ClientRecord,
+    ServerSettings,
+    ServerState,
+    check_certificate,
+    encode_key,
+    format_endpoint,
+    parse_endpoint,
+)
 from control import ControlError, Request, drop_counters, iso_time, request
 from controlsock import ControlSocket, Handler, Peer, Reply, call
 from errors import UserError
+from framing import classify_first_frame
 from gatekeeper import Gatekeeper
 from journal import Journal, journal_path
 from messages import ClientHello, SessionSettings
 from nat import enable_nat
 from netsetup import configure_interface
+from portshare import Fallback, TlsFront, TlsHandshake, Visit
 from registry import ClientRegistry
 from rekey import KEEPALIVE, REKEY_AFTER_TIME, Policy, ResponderRole
 from runtime import TIMER_OPTIONS, StopSignal, add_cleanup_command, add_timer_options, require_net_admin, run_main
 from sdnotify import sd_notify
-from session import PROLOGUE, Admission, Established, ReplayGuard, server_link
+from session import PROLOGUE, Admission, Established, ReplayGuard, ServerHandshake, server_link
 from tundev import TunDevice, open_tun
 from tunlib import (
     ClientSession,
@@ -81,6 +97,22 @@ MAX_DNS_SERVERS = 3
 """glibc's resolver reads at most three nameserver lines (MAXNS)."""
 
 
+class TlsPort:
+    """TLS mode: the server's certificate and the website that strangers are handed to."""
+
+    def __init__(self, context: ssl.SSLContext, fallback: Fallback) -> None:
+        self.context = context
+        self.fallback = fallback
+
+    def front(self, static_public: bytes, machine: ServerHandshake, now: float) -> TlsHandshake:
+        """A new connection's handshake behind TLS; tunlib clients are told apart by mac1."""
+        classify = functools.partial(classify_first_frame, static_public)
+        return TlsHandshake(TlsFront(self.context, classify), machine, now)
+
+    def visitor(self, conn: object, visit: Visit, where: str) -> None:
+        self.fallback.admit(conn, visit.received, where)  # type: ignore[arg-type]
+
+
 class Server:
     """A running server: the listener, the TUN, the router and the client sessions."""
 
@@ -99,8 +131,10 @@ class Server:
         keepalive: float | None = None,
         on_failure: Callable[[], None] = lambda: None,
         stop: StopSignal | None = None,
+        tls: TlsPort | None = None,
     ) -> None:
         self.state = state
+        self.tls = tls
         self.rekey_after = rekey_after
         self.keepalive = keepalive
         self.policy = Policy.for_server(rekey_after or REKEY_AFTER_TIME, keepalive or KEEPALIVE)
@@ -122,7 +156,17 @@ class Server:
         self.registry.refresh()
         replay = ReplayGuard()
         self.admission = Admission(private_key, self.registry.lookup, replay.is_new, replay.confirm, self.settings_for)
-        self.gatekeeper = Gatekeeper(listener, self.admission, self.start_session, self.stopping)
+        if tls is None:
+            self.gatekeeper = Gatekeeper(listener, self.admission, self.start_session, self.stopping)
+        else:
+            self.gatekeeper = Gatekeeper(
+                listener,
+                self.admission,
+                self.start_session,
+                self.stopping,
+                tls=functools.partial(tls.front, self.admission.static_public),
+                on_visitor=tls.visitor,
+            )
         self.threads: list[threading.Thread] = []
         self.connections: set[threading.Thread] = set()
         """One receiver thread per authenticated connection."""
@@ -286,7 +330,7 @@ class Server:
         host, port = self.listener.getsockname()[:2]
         return {
             "listen": format_endpoint(host, port),
-            "transport": "tcp",
+            "transport": "tcp" if self.tls is None else "tls",
             "tun": self.tun.name,
             "address": str(self.settings.server_interface),
             "mode": "offload" if self.tun.offload else "plain",
@@ -337,19 +381,30 @@ def bind_listener(listen: str) -> socket.socket:
 
 def cmd_init(args: argparse.Namespace) -> int:
     state = ServerState(args.state_dir)
-    created = state.init(args.subnet, args.listen, args.endpoint, args.subnet6)
+    created = state.init(
+        args.subnet,
+        args.listen,
+        args.endpoint,
+        args.subnet6,
+        tls=args.tls,
+        server_name=args.server_name,
+        cert=args.cert,
+        key=args.key,
+    )
     if given := given_run_options(args):
         state.save_run_options({**state.run_options(), **given})
     settings = state.settings()
     print(encode_key(state.public_key()))
     log.info(
-        "%s %s: subnet %s and %s, listen %s, endpoint %s",
+        "%s %s: subnet %s and %s, listen %s, endpoint %s, transport %s%s",
         "initialised" if created else "already initialised",
         state.dir,
         settings.subnet,
         settings.subnet6,
         settings.listen,
         settings.endpoint,
+        settings.transport,
+        f" (server name {settings.server_name}, certificate {settings.tls_cert})" if settings.tls_cert else "",
     )
     return 0
 
@@ -385,6 +440,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     apply_run_options(args, state)
     if len(args.dns) > MAX_DNS_SERVERS:
         raise UserError(f"at most {MAX_DNS_SERVERS} --dns servers (the resolver reads no more)")
+    tls = tls_port(settings, args.tls, args.fallback)
     stop = StopSignal()  # from here on, SIGTERM means "shut down in order", never "die"
     journal = Journal(journal_path("server", args.tun))
     journal.claim("server.py")  # refuses, changing nothing, if a live server owns this TUN
@@ -408,6 +464,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             keepalive=args.keepalive,
             on_failure=stop.set,
             stop=stop,
+            tls=tls,
         )
         stop.on_usr1(server.log_stats)
         server.start()
@@ -417,8 +474,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.warning("no status socket, 'server.py status' will not work: %s", exc)
             control = None
         log.info(
-            "serving on %s, %s %s in %s mode%s%s",
+            "serving on %s%s, %s %s in %s mode%s%s",
             args.listen or settings.listen,
+            describe_tls(settings, args.fallback) if tls else "",
             tun.name,
             settings.server_interface,
             "offload" if tun.offload else "plain",
@@ -441,6 +499,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             tun.close()
         journal.undo()
     return 0
+
+
+def tls_port(settings: ServerSettings, tls: bool, fallback: str | None) -> TlsPort | None:
+    """The TLS mode of this run: on if ``init --tls`` recorded it or ``run --tls`` asks for it."""
+    if not tls and settings.transport != "tls":
+        if fallback:
+            raise UserError("--fallback needs TLS mode (server.py run --tls, after server.py init --tls)")
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise UserError("TLS mode needs a certificate: run server.py init --tls [--server-name NAME] first")
+    check_certificate(settings.tls_cert, settings.tls_key)
+    address = parse_endpoint(fallback, default_port=80) if fallback else None
+    return TlsPort(server_context(settings.tls_cert, settings.tls_key), Fallback(address))
+
+
+def describe_tls(settings: ServerSettings, fallback: str | None) -> str:
+    site = f"web visitors relayed to {fallback}" if fallback else "web visitors get a 404 page"
+    return f" with TLS (server name {settings.server_name}; {site})"
 
 
 def root_only(peer: Peer) -> str | None:
@@ -504,6 +580,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "dns": [],
     "rekey_after": None,
     "keepalive": None,
+    "fallback": None,
 }
 """The ``run`` options that ``set`` (and ``init``) can store, and their defaults when neither the
 command line nor the stored options (DIR/run.json) give them. ``--listen`` lives in server.json."""
@@ -539,6 +616,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "--dns", type=ip_address, action="append", default=absent, metavar="IP", help="DNS server (v4 or v6) to push"
     )
     add_timer_options(p, default=absent)
+    p.add_argument(
+        "--fallback",
+        default=absent,
+        metavar="HOST:PORT",
+        help="TLS mode: relay everyone who is not a tunlib client to this plain-HTTP web server (default: a 404)",
+    )
 
 
 def given_run_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -608,6 +691,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--listen", help="HOST:PORT to listen on (default 0.0.0.0:55555; [::]:55555 for both IPv6 and IPv4)")
     p.add_argument("--endpoint", help="HOST:PORT that clients dial, written into profiles")
+    p.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        help="carry the tunnel inside TLS 1.3 (profiles get Transport = tls); --no-tls switches back to TCP",
+    )
+    p.add_argument("--server-name", metavar="NAME", help="TLS: the name clients send as SNI (default: the cert's)")
+    p.add_argument("--cert", metavar="FILE", help="TLS: certificate chain (PEM); default: a self-signed one made here")
+    p.add_argument("--key", metavar="FILE", help="TLS: the certificate's private key (PEM)")
     add_run_options(p)
     p.set_defaults(func=cmd_init)
 
@@ -627,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", "run the server until SIGINT/SIGTERM (options not given come from 'set', then defaults)")
     p.add_argument("--listen", help="HOST:PORT to listen on (default: from init)")
     add_run_options(p)
+    p.add_argument("--tls", action="store_true", help="TLS mode even if init did not record it (needs init's cert)")
     p.set_defaults(func=cmd_run)
 
     p = add("set", "store 'run' options in the state directory; 'run' uses them unless overridden")

@@ -310,6 +310,11 @@ class ServerHandshake:
         self._await = _Await.NOTHING
         return Refuse("timeout", f"no {'complete handshake' if self._got_bytes else 'first byte'} in time")
 
+    def connection(self, sock: socket.socket) -> socket.socket:
+        """What the data path carries an established session on: here the socket itself (TLS mode
+        wraps it, portshare.TlsHandshake)."""
+        return sock
+
     def peer_closed(self) -> Refuse:
         """The peer closed (or reset) the connection before the handshake finished."""
         self._await = _Await.NOTHING

@@ -11,6 +11,8 @@ down, also on Ctrl+C, SIGTERM or SIGHUP. Rows, in order:
 * ``veth``     raw veth, no tunnel: the ceiling.
 * ``offload``  tunlib, server default (TUN offload mode, MTU 1400).
 * ``plain``    tunlib, ``server.py run --no-offload`` (one packet per frame, MTU 1400).
+* ``tls``      tunlib offload mode inside TLS 1.3 (``server.py init --tls``, profile ``Transport = tls``).
+* ``tls-squid`` the same through squid (HTTP CONNECT) running in the server namespace.
 * ``offload6`` tunlib offload again, measured with IPv6 inside the tunnel (TSO6 super-packets).
 * ``openvpn``  OpenVPN 2.x, TCP, TLS mode with certificates made for this run, AES-128-GCM, no DCO.
 * ``multi``    4 tunlib clients (own namespace and veth each) sending to the server at once.
@@ -24,7 +26,8 @@ Per path row: iperf3 single stream up (client -> server) and down (``-R``), 4 st
 (``-P 4``), the median RTT of idle pings sent every 0.2 s and every 0.01 s (the interval
 matters: an idle thread takes longer to wake, see README "Speed"), and the CPU seconds
 (user + system, from ``/proc/PID/stat``) the tunnel processes used during the three
-throughput tests. Under the table, the targets of issue 11 with this run's figures.
+throughput tests. Under the table, the targets of issue 11 (and of issue 8, for the TLS rows)
+with this run's figures.
 
 Figures are printed and saved (``bench/results/latest.{txt,json}``), never asserted: the
 machine is shared and numbers are noisy. Exit status: 0 if every row ran or was skipped for a
@@ -73,16 +76,20 @@ MULTI_CLIENTS = ("alice", "bob", "carol", "dave")
 OPENVPN_PORT = 1194
 OPENVPN_SERVER_IP, OPENVPN_CLIENT_IP = "10.98.0.1", "10.98.0.2"
 OPENVPN_CIPHER = "AES-128-GCM"
+TLS_SERVER_NAME = "vpn.bench.test"
+SQUID_PORT = 3128
 BLOB_PORT = 8080
 PING_INTERVALS = (0.2, 0.01)
 """Seconds between pings: a slow and a fast pinger, each measured on every path row."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-ROW_KEYS = ("veth", "offload", "plain", "offload6", "openvpn", "multi", "flood", "gateway")
+ROW_KEYS = ("veth", "offload", "plain", "offload6", "tls", "tls-squid", "openvpn", "multi", "flood", "gateway")
 ROW_LABELS = {
     "veth": "raw veth (no tunnel)",
     "offload": "tunlib offload (default)",
     "plain": "tunlib plain (--no-offload)",
     "offload6": "tunlib offload, IPv6 inside",
+    "tls": "tunlib offload, TLS carrier",
+    "tls-squid": "tunlib offload, TLS via squid",
     "openvpn": "OpenVPN TCP AES-128-GCM",
     "multi": "tunlib 4 clients, offload (sum)",
     "flood": "tunlib victim under a flood (alone)",
@@ -358,6 +365,64 @@ class Bench:
     def row_offload6(self, row: Row) -> None:
         self._tunlib_path(row, (), "offload", ipv6=True)
 
+    @contextlib.contextmanager
+    def tls_mode(self) -> Iterator[Path]:
+        """``init --tls`` for the row (``init --no-tls`` after it); yields alice's profile as a TLS
+        profile would read (her own plus ``Transport = tls`` and ``ServerName``)."""
+        assert self.alice is not None
+        self.lab.server_cli("init", "--tls", "--server-name", TLS_SERVER_NAME, check=True)
+        try:
+            profile = self.lab.workdir / "alice-tls.conf"
+            profile.touch(mode=0o600)
+            text = self.alice.profile.read_text()
+            profile.write_text(f"{text.rstrip()}\nTransport = tls\nServerName = {TLS_SERVER_NAME}\n")
+            yield profile
+        finally:
+            self.lab.server_cli("init", "--no-tls", check=True)
+
+    def _tls_path(self, row: Row, *client_args: str) -> None:
+        assert self.alice is not None
+        alice = self.alice
+        with self.tls_mode() as profile, self.processes() as tunnel:
+            tunnel.append(self.lab.start_server())
+            client = alice.ns.spawn("client-alice-tls", *self.lab.client_argv(alice, *client_args, profile=profile))
+            tunnel.append(client)
+            client.wait_for_log(r"connected to ")
+            alice.ns.wait_for_address(alice.tunnel_ip)
+            if "with TLS" not in tunnel[0].log() or "in offload mode" not in tunnel[0].log():
+                raise RuntimeError(f"server is not in TLS offload mode: {tail(tunnel[0].log())}")
+            measure_path(row, alice.ns, self.lab.server_ip, self.settings, tunnel)
+
+    def row_tls(self, row: Row) -> None:
+        self._tls_path(row)
+        row.note = f"offload mode, TLS 1.3 (SNI {TLS_SERVER_NAME}, ALPN http/1.1), carrier to {self.server_veth_ip}"
+
+    def row_tls_squid(self, row: Row) -> None:
+        squid = shutil.which("squid")
+        if squid is None:
+            raise RowSkipped("squid not installed (apt-get install squid)")
+        conf = self.lab.workdir / "squid.conf"
+        conf.write_text(
+            f"http_port {self.server_veth_ip}:{SQUID_PORT}\n"
+            "http_access allow all\n"
+            "cache deny all\n"
+            "access_log none\n"
+            "cache_log /dev/null\n"
+            "pid_filename none\n"
+            "shutdown_lifetime 0 seconds\n"
+        )
+        with self.processes() as started:
+            proxy = self.lab.server.spawn("squid", squid, "-N", "-f", conf)
+            started.append(proxy)
+            netlab.wait_until(
+                lambda: f":{SQUID_PORT} " in self.lab.server.run("ss", "-Hltn").stdout, 30, "squid to listen"
+            )
+            self._tls_path(row, "--proxy", f"http://{self.server_veth_ip}:{SQUID_PORT}")
+            version = subprocess.run([squid, "-v"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
+        row.note = (
+            f"as 'tls', through {version.strip() or 'squid'} (HTTP CONNECT) in the server namespace; CPU excludes squid"
+        )
+
     def row_openvpn(self, row: Row) -> None:
         openvpn = shutil.which("openvpn")
         if openvpn is None:
@@ -578,12 +643,13 @@ def make_pki(directory: Path) -> dict[str, Path]:
 
 
 def ratios(rows: list[Row]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Each row's up/down/p4 divided by raw veth's and by OpenVPN TCP's, where both exist."""
+    """Each row's up/down/p4 divided by raw veth's, by OpenVPN TCP's and by tunlib offload's
+    (the reference of the TLS targets), where both exist."""
     base = {row.key: row for row in rows if row.status == "ok"}
     out: dict[str, dict[str, dict[str, float | None]]] = {}
     for row in rows:
         out[row.key] = {}
-        for ref in ("veth", "openvpn"):
+        for ref in ("veth", "openvpn", "offload"):
             out[row.key][ref] = {}
             for metric in METRICS:
                 mine, theirs = getattr(row, metric), getattr(base.get(ref), metric, None)
@@ -661,6 +727,10 @@ def targets(rows: list[Row]) -> list[Target]:
             found.append(Target(name, got.get(f"{metric}_share"), 0.4 if got else None, "share"))
         name = f"victim ping loss <= 2% with a flood {where} (issue 7)"
         found.append(Target(name, got.get("ping_loss"), 0.02 if got else None, "share", at_most=True))
+    for key, factor in (("tls", 0.8), ("tls-squid", 0.5)):
+        for metric in ("up", "down"):
+            name = f"{key} single stream {metric} >= {factor} x tunlib offload (issue 8)"
+            found.append(Target(name, value(ok.get(key), metric), scaled(offload, metric, factor), "Mbit/s"))
     for interval in (str(i) for i in PING_INTERVALS):
         for row in (offload, plain):
             if row is not None:
@@ -706,11 +776,16 @@ def render(rows: list[Row], settings: Settings, table_ratios: dict) -> str:
         )
     lines.append("")
     lines += [f"  {row.key}: {row.note}" for row in rows if row.status == "ok" and row.note]
+    lines += [
+        f"  {row.key} vs tunlib offload (up/down/4): {ratio_cell(table_ratios[row.key]['offload'])}"
+        for row in rows
+        if row.key.startswith("tls") and row.status == "ok"
+    ]
     lines.append(
         "  'multi' puts its 4-client sum under '4 str'; 'gateway' puts its download under 'down'."
         " CPU = user+sys of the tunnel processes during the throughput tests."
     )
-    lines += ["", "targets (issue 11; figures and bounds from this run):"]
+    lines += ["", "targets (issues 11 and 8; figures and bounds from this run):"]
     for target in targets(rows):
         unit = target.unit
         spec = {"ms": ",.3f", "share": ".0%"}.get(unit, ",.0f")
@@ -776,7 +851,9 @@ def _raise_interrupted(signum: int, _frame: object) -> None:
 
 def run_rows(bench: Bench, rows: list[Row]) -> bool:
     """Run each row; a failure is recorded on the row, never stops the others. True if none failed."""
-    runners: dict[str, Callable[[Row], None]] = {key: getattr(bench, f"row_{key}") for key in ROW_KEYS}
+    runners: dict[str, Callable[[Row], None]] = {
+        key: getattr(bench, f"row_{key.replace('-', '_')}") for key in ROW_KEYS
+    }
     ok = True
     for row in rows:
         log.info("row %s: %s", row.key, row.label)

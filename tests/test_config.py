@@ -478,7 +478,10 @@ def test_profile_render_parse_round_trip():
 
 keys = st.binary(min_size=32, max_size=32)
 names = st.from_regex(CLIENT_NAME, fullmatch=True)
-hosts = st.from_regex(r"[a-z0-9][a-z0-9.-]{0,30}", fullmatch=True) | st.ip_addresses(v=4).map(str)
+hosts = st.from_regex(
+    r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?){0,2}", fullmatch=True
+) | (st.ip_addresses(v=4).map(str))
+"""Host names as the profile accepts them: dot-separated labels of 1-63 characters (not '0..')."""
 endpoints = (
     st.builds(lambda h, p: f"{h}:{p}", hosts, st.integers(1, 65535))
     | hosts
