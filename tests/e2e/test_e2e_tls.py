@@ -76,8 +76,8 @@ class CompanyLab(TunnelLab):
 }}
 """
             self.corp.run("nft", "-f", "-", input=ruleset, check=True)
-            profile, tunnel_ip = self.register("alice")
-            self.alice = Peer("alice", alice_ns, lan, self.endpoint, tunnel_ip, profile, self.ifname("c0"))
+            profile, tunnel_ip, tunnel_ip6 = self.register("alice")
+            self.alice = Peer("alice", alice_ns, lan, self.endpoint, tunnel_ip, tunnel_ip6, profile, self.ifname("c0"))
             self.proxy_address = lan.address_a
             self.outsider = self.add_namespace("out")
             self.outsider_link = self.connect(self.server, self.outsider)  # 192.0.2.9 <-> 192.0.2.10
@@ -290,7 +290,7 @@ def test_probes_get_the_website_never_a_reject(company) -> None:
     assert lab.server_process.log().count("client alice connected") == 1
 
     # A client this server does not know gets the website too, and its user is told why.
-    mallory, _ = lab.register("mallory")
+    mallory, _, _ = lab.register("mallory")
     lab.server_cli("remove-client", "mallory", check=True)
     argv = lab.client_argv(lab.alice, "--tun", lab.ifname("c9"), endpoint=lab.endpoint, profile=mallory)
     refused = lab.alice.ns.run(*argv, timeout=30)
