@@ -9,11 +9,10 @@ import socket
 import threading
 import time
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from carrier import TlsEndpoint, client_context, make_self_signed, server_context
+from carrier import TlsEndpoint, client_context
 from framing import FirstFrame, FrameType, encode_frame, encode_init_frame
 from framing import classify_first_frame as classify_for_server
 from portshare import BAD_REQUEST, NOT_FOUND, Fallback, Outcome, TlsFront, relay
@@ -21,15 +20,6 @@ from portshare import BAD_REQUEST, NOT_FOUND, Fallback, Outcome, TlsFront, relay
 SERVER_PUBLIC = bytes(range(32))
 MESSAGE_1 = encode_init_frame(SERVER_PUBLIC, bytes(range(160)))
 classify_first_frame = functools.partial(classify_for_server, SERVER_PUBLIC)
-
-
-@pytest.fixture(scope="module")
-def context(tmp_path_factory: pytest.TempPathFactory):
-    cert, key = make_self_signed("www.example.test")
-    directory = tmp_path_factory.mktemp("cert")
-    (directory / "c.pem").write_bytes(cert)
-    (directory / "k.pem").write_bytes(key)
-    return server_context(str(directory / "c.pem"), str(directory / "k.pem"))
 
 
 def tls_client_says(front: TlsFront, *messages: bytes) -> TlsEndpoint:

@@ -11,22 +11,13 @@ import pytest
 from test_session import ALICE, CLIENT_PRIVATE, PSK, SERVER_PRIVATE, T0, Registry, init_frame
 
 import session
-from carrier import TlsCarrier, TlsEndpoint, client_context, make_self_signed, server_context
+from carrier import TlsCarrier, TlsEndpoint, client_context
 from framing import FrameType, classify_first_frame
 from handshake import Initiator, public_key
 from portshare import TlsFront, TlsHandshake, Visit
 from session import Established, Refuse, Send, ServerHandshake
 
 SERVER_PUBLIC = public_key(SERVER_PRIVATE)
-
-
-@pytest.fixture(scope="module")
-def context(tmp_path_factory: pytest.TempPathFactory):
-    cert, key = make_self_signed("www.example.test")
-    directory = tmp_path_factory.mktemp("cert")
-    (directory / "c.pem").write_bytes(cert)
-    (directory / "k.pem").write_bytes(key)
-    return server_context(str(directory / "c.pem"), str(directory / "k.pem"))
 
 
 class Peer:
